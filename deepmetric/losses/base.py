@@ -1,0 +1,78 @@
+"""The contract every loss follows.
+
+``loss(embeddings, labels, indices=None, ref_embeddings=None, ref_labels=None) -> scalar``
+
+- ``labels``: 1-D class ids, or a 2-D multi-hot relevance matrix (positives share a label) where the loss
+  is defined through pairs.
+- ``indices``: mined pairs ``(a_p, p, a_n, n)`` or triplets ``(a, p, n)`` from a miner; when given, only
+  those pairs/triplets enter the loss. Indices of positives/negatives point into the reference set.
+- ``ref_embeddings`` / ``ref_labels``: compare the batch against another set (a memory bank, a gallery,
+  the global batch under torch.distributed) instead of against itself.
+
+Subclasses implement :meth:`compute`, returning per-element losses that the shared reducer turns into
+the scalar (or return a scalar themselves when the loss is defined over the whole batch).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deepmetric.checks import check_pair
+from deepmetric.distances import Distance, get_distance
+from deepmetric.masks import PairIndices, TripletIndices, indices_to_masks, pair_masks
+from deepmetric.reducers import check_reduction, reduce
+from deepmetric.registry import Registry
+
+
+class MetricLoss(torch.nn.Module):
+    """Base class: holds the distance and the reduction, checks inputs, builds pair masks."""
+
+    default_distance = "euclidean"
+    supports_multilabel = True
+
+    def __init__(self, distance: str | Distance | None = None, reduction: str = "mean") -> None:
+        super().__init__()
+        self.distance = get_distance(distance, default=self.default_distance)
+        self.reduction = check_reduction(reduction)
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices: PairIndices | TripletIndices | None = None,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        labels = torch.as_tensor(labels, device=embeddings.device)
+        if ref_labels is not None:
+            ref_labels = torch.as_tensor(ref_labels, device=embeddings.device)
+        check_pair(embeddings, labels, ref_embeddings, ref_labels)
+        if labels.ndim == 2 and not self.supports_multilabel:
+            raise ValueError(f"{type(self).__name__} needs 1-D class labels, not a multi-hot matrix")
+        losses = self.compute(embeddings, labels, indices, ref_embeddings, ref_labels)
+        return reduce(losses, self.reduction, anchor=embeddings)
+
+    def compute(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices: PairIndices | TripletIndices | None,
+        ref_embeddings: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def masks(
+        self,
+        labels: torch.Tensor,
+        indices: PairIndices | TripletIndices | None,
+        ref_labels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positive and negative pair masks: all valid pairs, or only the mined ones."""
+        if indices is None:
+            return pair_masks(labels, ref_labels)
+        num_cols = labels.shape[0] if ref_labels is None else ref_labels.shape[0]
+        return indices_to_masks(indices, labels.shape[0], num_cols, device=labels.device)
+
+
+LOSSES = Registry("loss")

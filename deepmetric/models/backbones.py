@@ -1,0 +1,75 @@
+"""Backbones: networks that turn an image batch into a feature vector per image.
+
+``build_backbone(name, pretrained=..., weights=...)`` returns a :class:`Backbone`: the network, the size
+of its features and its input convention (:class:`InputSpec`: image size, channels, normalisation), so the
+transforms always match the network they feed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from deepmetric.registry import Registry
+
+BACKBONES = Registry("backbone")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How images must look for a backbone: resized to ``resize_size``, centre-cropped to ``image_size``."""
+
+    image_size: int = 224
+    resize_size: int = 256
+    channels: int = 3
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    scale_255: bool = False  # inputs in 0..255 instead of 0..1 (BN-Inception's convention)
+    bgr: bool = False  # channel order BGR instead of RGB
+
+
+class Backbone(nn.Module):
+    """A feature extractor: ``forward(images) -> (N, feature_dim)`` (or a feature map when ``pooling`` is off)."""
+
+    def __init__(self, body: nn.Module, feature_dim: int, input_spec: InputSpec, spatial: bool = True) -> None:
+        super().__init__()
+        self.body = body
+        self.feature_dim = feature_dim
+        self.input_spec = input_spec
+        self.spatial = spatial  # True when ``body`` returns an N x C x H x W map that the head pools
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)
+
+
+@BACKBONES.register("small_cnn")
+def small_cnn(
+    pretrained: bool = False, weights: str | None = None, in_channels: int = 1, image_size: int = 16, width: int = 32
+) -> Backbone:
+    """A small convolutional network for tiny grey images (the demo's 8x8 digits, MNIST-sized inputs)."""
+    if pretrained or weights:
+        raise ValueError("small_cnn has no pretrained weights; set model.pretrained=false")
+    body = nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1),
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(inplace=True),
+    )
+    spec = InputSpec(image_size=image_size, resize_size=image_size, channels=in_channels, mean=(0.5,), std=(0.5,))
+    return Backbone(body, 2 * width, spec)
+
+
+def build_backbone(name: str, **kwargs) -> Backbone:
+    """Build the backbone registered as ``name``; keyword arguments go to its constructor."""
+    return BACKBONES.build(name, **kwargs)

@@ -1,0 +1,37 @@
+"""Reductions from per-element losses to the scalar that is back-propagated: the one reducer of the library.
+
+``mean``: average over all elements; ``sum``; ``mean_nonzero``: average over the elements whose loss is
+positive (the "batch-all" convention of Hermans et al. 2017, PML's AvgNonZeroReducer); ``none``: no
+reduction. An empty set of elements (no valid pair or triplet in the batch) gives a zero that is still
+connected to the graph, so ``backward()`` works and yields zero gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+REDUCTIONS = ("mean", "sum", "mean_nonzero", "none")
+
+
+def check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {list(REDUCTIONS)}")
+    return reduction
+
+
+def reduce(losses: torch.Tensor, reduction: str = "mean", anchor: torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce ``losses``. ``anchor`` (usually the embeddings) keeps an empty result attached to the graph."""
+    if reduction == "none":
+        return losses
+    if losses.numel() == 0:
+        zero = losses.sum()
+        return zero + anchor.sum() * 0 if anchor is not None else zero
+    if reduction == "sum":
+        return losses.sum()
+    if reduction == "mean":
+        return losses.mean()
+    if reduction == "mean_nonzero":
+        positive = losses > 0
+        count = positive.sum()
+        return losses.sum() / count.clamp_min(1).to(losses.dtype)
+    raise ValueError(f"unknown reduction {reduction!r}; choose one of {list(REDUCTIONS)}")
