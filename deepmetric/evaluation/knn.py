@@ -1,0 +1,245 @@
+"""Exact k-nearest-neighbour search in torch, chunked so that no ``N x N`` matrix ever exists.
+
+Queries are processed in blocks of rows: one block is the ``rows x N_gallery`` distance matrix between a
+few queries and the whole gallery, and the number of rows is chosen so that the block (and its working
+copies) fits in ``memory_budget_mb``. The gallery itself lives on the device once.
+
+Ranking rules (shared by evaluation and retrieval):
+
+* "closer" follows the :class:`~deepmetric.distances.Distance`: larger similarity, smaller distance.
+  Euclidean distances are ranked by their squares (same order, one ``sqrt`` less per entry).
+* Ties are broken deterministically: of two equally close gallery items the one with the lower gallery
+  index ranks first.
+* Excluded items (the query itself in leave-one-out, gallery items sharing the query's id) get the
+  value ``-inf`` (similarities) or ``+inf`` (distances), so they rank after everything else; an index
+  of ``-1`` in a result marks a slot that only an excluded item could have filled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from deepmetric.checks import check_embeddings
+from deepmetric.distances import Distance, EuclideanDistance, SquaredEuclideanDistance, get_distance
+
+ArrayLike = torch.Tensor | np.ndarray
+
+# Bytes of working memory per entry of a distance block: the float32 block, the temporaries of the
+# matrix product / squared-norm sum, and the comparison masks of the tie-break.
+BLOCK_BYTES_PER_ENTRY = 16
+# Extra bytes per entry when the whole ranking of a block is sorted (values + int64 indices + masks).
+SORT_BYTES_PER_ENTRY = 24
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    return default_device() if device is None else torch.device(device)
+
+
+def to_float_tensor(embeddings: ArrayLike, name: str, device: torch.device) -> torch.Tensor:
+    """A finite float32 ``N x D`` tensor on ``device`` (ValueError naming ``name`` otherwise)."""
+    tensor = torch.as_tensor(embeddings)
+    if tensor.is_complex() or not (tensor.is_floating_point() or tensor.dtype in _INT_DTYPES):
+        raise ValueError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
+    tensor = tensor.detach().to(device=device, dtype=torch.float32)
+    check_embeddings(tensor, name)
+    if not bool(torch.isfinite((tensor * tensor).sum(1)).all()):
+        raise ValueError(f"{name} are too large: their squared norms overflow float32")
+    return tensor
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def rows_per_block(num_gallery: int, memory_budget_mb: float, full_ranking: bool = False) -> int:
+    """How many query rows fit in one block of ``num_gallery`` columns within ``memory_budget_mb``."""
+    if memory_budget_mb <= 0:
+        raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
+    per_entry = BLOCK_BYTES_PER_ENTRY + (SORT_BYTES_PER_ENTRY if full_ranking else 0)
+    return max(1, int(memory_budget_mb * 2**20) // (per_entry * max(1, num_gallery)))
+
+
+def ranking_distance(distance: Distance) -> Distance:
+    """The distance actually ranked: squared Euclidean stands in for Euclidean (same order)."""
+    if type(distance) is EuclideanDistance:
+        return SquaredEuclideanDistance(normalize_embeddings=distance.normalize_embeddings)
+    return distance
+
+
+def to_reported_values(values: torch.Tensor, distance: Distance) -> torch.Tensor:
+    """Turn ranked values back into the values of ``distance`` (the square root for Euclidean)."""
+    if type(distance) is EuclideanDistance:
+        return torch.where(torch.isinf(values), values, values.clamp_min(0).sqrt())
+    return values
+
+
+@dataclass
+class Block:
+    """One block of query rows ``start:stop`` against the whole gallery.
+
+    ``scores``: ``rows x N_gallery`` ranked values with excluded items set to the worst value.
+    ``leave_one_out``: row ``i`` is gallery item ``start + i`` (excluded). ``id_matches``: boolean mask of
+    gallery items sharing the row's id (excluded), or None without ids.
+    """
+
+    start: int
+    stop: int
+    scores: torch.Tensor
+    leave_one_out: bool
+    id_matches: torch.Tensor | None
+
+    def exclude_from(self, mask: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (for all rows of the block, or for the block rows selected by ``rows``) with every
+        excluded entry set to False."""
+        mask = mask.clone()
+        row_ids = torch.arange(self.start, self.stop, device=mask.device)
+        if rows is not None:
+            row_ids = row_ids[rows]
+        if self.id_matches is not None:
+            mask &= ~(self.id_matches if rows is None else self.id_matches[rows])
+        if self.leave_one_out:
+            mask[torch.arange(len(row_ids), device=mask.device), row_ids] = False
+        return mask
+
+
+def distance_blocks(
+    query: torch.Tensor,
+    gallery: torch.Tensor,
+    distance: Distance,
+    rows: int,
+    leave_one_out: bool,
+    query_ids: torch.Tensor | None = None,
+    gallery_ids: torch.Tensor | None = None,
+) -> Iterator[Block]:
+    """Yield :class:`Block` s of ranked values. ``query``/``gallery`` must already be ``distance.prepare`` d.
+
+    ``leave_one_out``: query ``i`` is gallery item ``i`` and is excluded from its own ranking.
+    ``query_ids``/``gallery_ids`` (integer tensors): gallery items with the query's id are excluded too.
+    """
+    ranked = ranking_distance(distance)
+    worst = -torch.inf if ranked.is_similarity else torch.inf
+    for start in range(0, len(query), rows):
+        stop = min(start + rows, len(query))
+        scores = ranked._pairwise(query[start:stop], gallery)
+        id_matches = None
+        if query_ids is not None:
+            id_matches = query_ids[start:stop, None] == gallery_ids[None, :]
+            scores.masked_fill_(id_matches, worst)
+        if leave_one_out:
+            scores[torch.arange(stop - start), torch.arange(start, stop)] = worst
+        yield Block(start, stop, scores, leave_one_out, id_matches)
+
+
+def _sort_by_value_then_index(
+    values: torch.Tensor, indices: torch.Tensor, largest: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    by_index = indices.argsort(dim=1)
+    values, indices = values.gather(1, by_index), indices.gather(1, by_index)
+    by_value = values.sort(dim=1, descending=largest, stable=True).indices
+    return values.gather(1, by_value), indices.gather(1, by_value)
+
+
+def topk_deterministic(scores: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best entries of each row, ties broken by lower column index (``torch.topk`` does not).
+
+    ``torch.topk`` picks the right values but, among entries equal to the k-th value, arbitrary columns.
+    One extra entry tells which rows have such a tie across the boundary; only those are recomputed.
+    """
+    k = min(k, scores.shape[1])
+    if k == 0:
+        return scores[:, :0], torch.zeros(len(scores), 0, dtype=torch.long, device=scores.device)
+    extra = min(k + 1, scores.shape[1])
+    values, indices = scores.topk(extra, dim=1, largest=largest, sorted=True)
+    ambiguous = (
+        values[:, k - 1] == values[:, extra - 1] if extra > k else torch.zeros_like(values[:, 0], dtype=bool)
+    )
+    values, indices = _sort_by_value_then_index(values[:, :k], indices[:, :k], largest)
+    if bool(ambiguous.any()):
+        rows = scores[ambiguous]
+        row_kth = values[ambiguous, k - 1 :]
+        better = rows > row_kth if largest else rows < row_kth
+        equal = rows == row_kth
+        room = k - better.sum(1, keepdim=True)
+        take = better | (equal & (equal.cumsum(1) <= room))
+        exact_indices = take.nonzero()[:, 1].view(-1, k)
+        exact_values = rows.gather(1, exact_indices)
+        exact_values, exact_indices = _sort_by_value_then_index(exact_values, exact_indices, largest)
+        values[ambiguous], indices[ambiguous] = exact_values, exact_indices
+    return values, indices
+
+
+def full_ranking(scores: torch.Tensor, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row sorted closest first; a stable sort keeps lower column indices first among ties."""
+    return scores.sort(dim=1, descending=largest, stable=True)
+
+
+def mark_excluded(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Indices with ``-1`` where the slot holds an excluded item (value ``+-inf``)."""
+    return torch.where(torch.isinf(values), torch.full_like(indices, -1), indices)
+
+
+def encode_ids(
+    query_ids: ArrayLike | list, gallery_ids: ArrayLike | list | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map ids of any kind (ints, strings, paths) to shared int64 codes so they compare on the device."""
+    query_ids = np.asarray(query_ids.cpu() if torch.is_tensor(query_ids) else query_ids)
+    gallery_ids = query_ids if gallery_ids is None else gallery_ids
+    gallery_ids = np.asarray(gallery_ids.cpu() if torch.is_tensor(gallery_ids) else gallery_ids)
+    if query_ids.ndim != 1 or gallery_ids.ndim != 1:
+        raise ValueError("query_ids and gallery_ids must be 1-D (one id per embedding)")
+    try:
+        _, codes = np.unique(np.concatenate([query_ids, gallery_ids]), return_inverse=True)
+    except TypeError:
+        raise ValueError("query_ids and gallery_ids must be ids of one comparable kind") from None
+    codes = codes.reshape(-1).astype(np.int64)
+    return codes[: len(query_ids)], codes[len(query_ids) :]
+
+
+def knn(
+    query: ArrayLike,
+    k: int,
+    gallery: ArrayLike | None = None,
+    distance: str | Distance = "cosine",
+    query_ids: ArrayLike | list | None = None,
+    gallery_ids: ArrayLike | list | None = None,
+    memory_budget_mb: float = 512,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ``k`` nearest gallery items of every query: ``(values, indices)``, both ``N_query x k``.
+
+    With ``gallery=None`` the queries are searched among themselves, leaving each query out of its own
+    list (leave-one-out). ``values`` are the distances or similarities of ``distance``; slots that only
+    excluded items could fill get index ``-1`` and value ``+-inf``. Results are returned on the CPU.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    device = resolve_device(device)
+    distance = get_distance(distance)
+    query_t = to_float_tensor(query, "query", device)
+    gallery_t = query_t if gallery is None else to_float_tensor(gallery, "gallery", device)
+    if gallery_t.shape[1] != query_t.shape[1]:
+        raise ValueError(f"gallery has dimension {gallery_t.shape[1]} but query has {query_t.shape[1]}")
+    q_codes = g_codes = None
+    if query_ids is not None or gallery_ids is not None:
+        if query_ids is None or (gallery is not None and gallery_ids is None):
+            raise ValueError("query_ids and gallery_ids must be given together")
+        q_np, g_np = encode_ids(query_ids, gallery_ids)
+        if len(q_np) != len(query_t) or len(g_np) != len(gallery_t):
+            raise ValueError("there must be one id per query and one per gallery embedding")
+        q_codes, g_codes = torch.from_numpy(q_np).to(device), torch.from_numpy(g_np).to(device)
+    query_t, gallery_t = distance.prepare(query_t), distance.prepare(gallery_t)
+    largest = distance.is_similarity
+    all_values, all_indices = [], []
+    rows = rows_per_block(len(gallery_t), memory_budget_mb)
+    for block in distance_blocks(query_t, gallery_t, distance, rows, gallery is None, q_codes, g_codes):
+        values, indices = topk_deterministic(block.scores, k, largest)
+        all_values.append(to_reported_values(values, distance).cpu())
+        all_indices.append(mark_excluded(values, indices).cpu())
+    return torch.cat(all_values), torch.cat(all_indices)

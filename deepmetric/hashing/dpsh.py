@@ -1,0 +1,49 @@
+"""DPSH: Feature Learning based Deep Supervised Hashing with Pairwise Labels (Li, Wang & Kang, IJCAI 2016).
+
+With ``Theta_ij = 1/2 u_i . u_j`` and ``s_ij = 1`` for similar pairs (sharing a label), 0 otherwise, the
+pairwise likelihood is ``p(s_ij | U) = sigma(Theta_ij)^s_ij (1 - sigma(Theta_ij))^(1 - s_ij)`` and
+
+    L = mean_pairs  ( log(1 + exp(Theta_ij)) - s_ij Theta_ij )  +  eta * mean_n ||b_n - u_n||^2 / K
+
+over all pairs ``i != j`` of the batch (or the mined pairs), the second term the paper's quantization
+loss with ``b_n = sign(u_n)`` (per bit, :func:`deepmetric.hashing.quantization.quantization_penalty`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from deepmetric.hashing.dtsh import _check_weight
+from deepmetric.hashing.quantization import quantization_penalty
+from deepmetric.losses.base import LOSSES, MetricLoss
+from deepmetric.masks import PairIndices, TripletIndices
+
+
+@LOSSES.register("dpsh")
+class DPSHLoss(MetricLoss):
+    default_distance = "dot"
+
+    def __init__(self, quantization_weight: float = 0.1, reduction: str = "mean") -> None:
+        super().__init__(distance="dot", reduction=reduction)
+        _check_weight("quantization_weight", quantization_weight, reduction)
+        self.quantization_weight = quantization_weight
+
+    def forward(self, embeddings, labels, indices=None, ref_embeddings=None, ref_labels=None) -> torch.Tensor:
+        loss = super().forward(embeddings, labels, indices, ref_embeddings, ref_labels)
+        if self.quantization_weight:
+            loss = loss + self.quantization_weight * quantization_penalty(embeddings)
+        return loss
+
+    def compute(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices: PairIndices | TripletIndices | None,
+        ref_embeddings: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
+        theta = 0.5 * self.distance(embeddings, ref_embeddings)
+        positives, negatives = self.masks(labels, indices, ref_labels)
+        # log(1 + e^theta) - theta = softplus(-theta) for similar pairs, softplus(theta) for dissimilar ones
+        return torch.cat([F.softplus(-theta[positives]), F.softplus(theta[negatives])])

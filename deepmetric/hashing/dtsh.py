@@ -1,0 +1,66 @@
+"""DTSH: Deep Supervised Hashing with Triplet Labels (Wang, Shi & Kitani, ACCV 2016).
+
+With ``Theta_ij = 1/2 u_i . u_j`` (half the inner product of relaxed codes, which equals
+``K/2 - Hamming(b_i, b_j)`` for binary codes), a triplet (anchor ``i``, positive ``j``, negative ``k``) has
+likelihood ``p = sigma(Theta_ij - Theta_ik - margin)``. The loss is the negative log-likelihood
+
+    L = mean_triplets  -log sigma(Theta_ij - Theta_ik - margin)
+                     = mean_triplets  softplus(Theta_ik - Theta_ij + margin)
+        + lambda * mean_n ||b_n - u_n||^2 / K,      b_n = sign(u_n)
+
+over all valid triplets of the batch (or the mined ones), the second term being the paper's quantization
+loss (:func:`deepmetric.hashing.quantization.quantization_penalty`, per bit).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from deepmetric.hashing.quantization import quantization_penalty
+from deepmetric.losses.base import LOSSES, MetricLoss
+from deepmetric.masks import PairIndices, TripletIndices, to_triplets
+
+
+def _check_weight(name: str, value: float, reduction: str) -> None:
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    if value > 0 and reduction == "none":
+        raise ValueError(f"reduction='none' returns per-element losses without the batch term; set {name}=0")
+
+
+@LOSSES.register("dtsh")
+class DTSHLoss(MetricLoss):
+    default_distance = "dot"
+
+    def __init__(
+        self, margin: float = 5.0, quantization_weight: float = 1.0, reduction: str = "mean"
+    ) -> None:
+        super().__init__(distance="dot", reduction=reduction)
+        _check_weight("quantization_weight", quantization_weight, reduction)
+        self.margin = margin
+        self.quantization_weight = quantization_weight
+
+    def forward(self, embeddings, labels, indices=None, ref_embeddings=None, ref_labels=None) -> torch.Tensor:
+        loss = super().forward(embeddings, labels, indices, ref_embeddings, ref_labels)
+        if self.quantization_weight:
+            loss = loss + self.quantization_weight * quantization_penalty(embeddings)
+        return loss
+
+    def compute(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices: PairIndices | TripletIndices | None,
+        ref_embeddings: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
+        theta = 0.5 * self.distance(embeddings, ref_embeddings)
+        if indices is None:
+            positives, negatives = self.masks(labels, None, ref_labels)
+            anchor, positive, negative = (positives[:, :, None] & negatives[:, None, :]).nonzero(
+                as_tuple=True
+            )
+        else:
+            anchor, positive, negative = to_triplets(indices)
+        return F.softplus(theta[anchor, negative] - theta[anchor, positive] + self.margin)

@@ -1,0 +1,93 @@
+"""Build the parts of an experiment from its config: model, loss, miner, optimizer, schedule."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+
+from deepmetric import losses, miners
+from deepmetric.models import EmbeddingHead, EmbeddingModel, build_backbone
+from deepmetric.training.config import ExperimentConfig
+
+# Loss constructor arguments the trainer fills in from the data and the model, never from the config.
+PROVIDED_LOSS_ARGS = {"num_classes", "embedding_size"}
+
+
+def build_model(config: ExperimentConfig) -> EmbeddingModel:
+    model_config = config.model
+    backbone = build_backbone(
+        model_config.backbone,
+        pretrained=model_config.pretrained,
+        weights=model_config.weights,
+        **model_config.backbone_options,
+    )
+    head = EmbeddingHead(
+        backbone.feature_dim,
+        embedding_size=model_config.embedding_size,
+        pooling=model_config.pooling,
+        batchnorm=model_config.batchnorm,
+        normalize=model_config.normalize,
+        dropout=model_config.dropout,
+    )
+    return EmbeddingModel(backbone, head, freeze_batchnorm=model_config.freeze_batchnorm)
+
+
+def build_loss(config: ExperimentConfig, num_classes: int, embedding_size: int) -> losses.MetricLoss:
+    """The configured loss; proxy/classification losses get the class count and embedding size."""
+    accepted = losses.LOSSES.parameters(config.loss.name)
+    provided = {"num_classes": num_classes, "embedding_size": embedding_size}
+    kwargs = {k: v for k, v in provided.items() if k in accepted}
+    return losses.get(config.loss.name, **config.loss.params, **kwargs)
+
+
+def build_miner(config: ExperimentConfig) -> miners.Miner | None:
+    return None if config.miner is None else miners.get(config.miner.name, **config.miner.params)
+
+
+def build_optimizer(
+    config: ExperimentConfig, model: torch.nn.Module, loss: torch.nn.Module
+) -> torch.optim.Optimizer:
+    opt = config.optimizer
+    groups = []
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    head_params = [p for p in model.head.parameters() if p.requires_grad]
+    if backbone_params:
+        groups.append({"params": backbone_params, "lr": opt.backbone_lr if opt.backbone_lr is not None else opt.lr})
+    if head_params:
+        groups.append({"params": head_params, "lr": opt.lr})
+    loss_params = [p for p in loss.parameters() if p.requires_grad]
+    if loss_params:
+        groups.append({"params": loss_params, "lr": opt.loss_lr if opt.loss_lr is not None else opt.lr})
+    if opt.name == "adam":
+        return torch.optim.Adam(groups, lr=opt.lr, weight_decay=opt.weight_decay)
+    if opt.name == "adamw":
+        return torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
+    return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+
+
+def lr_factor(config: ExperimentConfig, iteration: int) -> float:
+    """Multiplier of the base learning rates at ``iteration`` (linear warm-up, then the schedule)."""
+    schedule, total = config.schedule, max(config.train.iterations, 1)
+    if iteration < schedule.warmup_iterations:
+        return (iteration + 1) / schedule.warmup_iterations
+    if schedule.name == "constant":
+        return 1.0
+    if schedule.name == "step":
+        return schedule.gamma ** (iteration // schedule.step_size)
+    progress = (iteration - schedule.warmup_iterations) / max(total - schedule.warmup_iterations, 1)
+    progress = min(max(progress, 0.0), 1.0)
+    low = schedule.min_lr_ratio
+    if schedule.name == "cosine":
+        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
+    return low + (1 - low) * (1 - progress)  # linear
+
+
+def build_scheduler(config: ExperimentConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(config, it))
+
+
+def accepts_progress(loss: torch.nn.Module) -> bool:
+    """Losses with a schedule of their own (e.g. hashing's quantization weight) expose ``set_progress``."""
+    return callable(getattr(loss, "set_progress", None)) and len(inspect.signature(loss.set_progress).parameters) == 2

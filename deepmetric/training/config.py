@@ -1,0 +1,371 @@
+"""Experiment configs: YAML files mapped onto typed dataclasses, with ``key=value`` command-line overrides.
+
+A config file holds the sections below; anything left out takes the default shown here. ``loss`` and
+``miner`` are written flat (``loss: {name: triplet, margin: 0.2}``): ``name`` picks the registered class
+and the other keys are its constructor's parameters, checked against its signature. Unknown keys and
+values of the wrong type are refused with a :class:`ConfigError` that names the key.
+
+    deepmetric train configs/cub_frozen.yaml loss.margin=0.2 train.iterations=2000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the offending key."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # a name from deepmetric.data.DATASETS
+    root: str | None = None  # dataset folder (None for embedded data sets)
+    train_split: str = "train"
+    test_split: str = "test"  # the query split when gallery_split is set
+    gallery_split: str | None = None  # query/gallery protocol (In-Shop): e.g. "gallery"
+    validation_classes: float = 0.0  # fraction of training classes held out for model selection
+    augment: str = "standard"  # "standard" (random resized crop + flip) or "none"
+    num_workers: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # extra dataset constructor arguments
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "small_cnn"  # a name from deepmetric.models.BACKBONES
+    pretrained: bool = False
+    weights: str | None = None  # a local weights file for the backbone
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    embedding_size: int = 128  # 0 keeps the pooled backbone features
+    pooling: str = "avg"  # avg, max, gem, avg+max
+    batchnorm: bool = False
+    normalize: bool = True  # L2-normalise embeddings
+    dropout: float = 0.0
+    freeze_batchnorm: bool = False
+    frozen: bool = False  # frozen-feature mode: cache backbone features once, train the head only
+    feature_cache: str = "~/.cache/deepmetric/features"  # where frozen-mode features are cached
+
+
+@dataclass
+class ComponentConfig:
+    """A registered component built by name: ``name`` plus its constructor parameters."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SamplerConfig:
+    classes_per_batch: int = 8  # P
+    samples_per_class: int = 4  # K
+
+    @property
+    def batch_size(self) -> int:
+        return self.classes_per_batch * self.samples_per_class
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"  # adam, adamw, sgd (with momentum)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    backbone_lr: float | None = None  # learning rate of the backbone (None: lr)
+    loss_lr: float | None = None  # learning rate of loss parameters such as proxies (None: lr)
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "constant"  # constant, cosine, step, linear
+    warmup_iterations: int = 0
+    step_size: int = 1000  # step: decay every step_size iterations
+    gamma: float = 0.1  # step: decay factor
+    min_lr_ratio: float = 0.0  # cosine/linear: final lr = lr * min_lr_ratio
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 1000
+    eval_every: int = 0  # evaluate every N iterations (0: at the end only)
+    checkpoint_every: int = 0  # also checkpoint every N iterations (0: at evaluations and the end)
+    log_every: int = 50
+    best_metric: str = "recall@1"  # selects the best checkpoint
+    amp: bool = False  # mixed precision (CUDA float16, CPU bfloat16)
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
+    grad_clip: float = 0.0  # clip the gradient norm (0: off)
+    tensorboard: bool = False
+
+
+@dataclass
+class EvalConfig:
+    metrics: list[str] = field(
+        default_factory=lambda: ["recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r"]
+    )
+    distance: str = "cosine"  # cosine, dot, euclidean, squared_euclidean
+    batch_size: int = 128  # embedding batch size
+    save_embeddings: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: ComponentConfig = field(default_factory=lambda: ComponentConfig("triplet"))
+    miner: ComponentConfig | None = None
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------- dict <-> dataclass
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+    return tp, False
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    tp, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: a value is required (got null)")
+    if tp is ComponentConfig:
+        return _component(value, key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
+        return _from_dict(tp, value, key)
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(tp)
+        return [_convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _unknown_key(key: str, known: list[str], prefix: str) -> ConfigError:
+    full = f"{prefix}.{key}" if prefix else key
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {(prefix + '.' if prefix else '') + close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key {full!r}{hint}")
+
+
+def _from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            raise _unknown_key(key, names, prefix)
+    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _component(value: Any, key: str) -> ComponentConfig:
+    if isinstance(value, str):
+        return ComponentConfig(value)
+    if not isinstance(value, dict) or "name" not in value:
+        raise ConfigError(f"{key}: expected a mapping with a 'name' (e.g. {{name: triplet, margin: 0.2}})")
+    params = {k: v for k, v in value.items() if k != "name"}
+    if "params" in params and isinstance(params["params"], dict) and len(params) == 1:
+        params = dict(params["params"])  # accept the nested form written by to_dict's older readers
+    if not isinstance(value["name"], str):
+        raise ConfigError(f"{key}.name: expected a string, got {value['name']!r}")
+    return ComponentConfig(value["name"], params)
+
+
+def to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """The config as plain YAML-ready data (components written flat, as in config files)."""
+
+    def convert(obj: Any) -> Any:
+        if isinstance(obj, ComponentConfig):
+            return {"name": obj.name, **obj.params}
+        if dataclasses.is_dataclass(obj):
+            return {f.name: convert(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, list):
+            return [convert(v) for v in obj]
+        if isinstance(obj, dict):
+            return {k: convert(v) for k, v in obj.items()}
+        return obj
+
+    return convert(config)
+
+
+def from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """Build and validate a config from plain data."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
+    config = _from_dict(ExperimentConfig, values)
+    validate(config)
+    return config
+
+
+# ---------------------------------------------------------------- overrides and files
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"loss.margin=0.2"`` -> (["loss", "margin"], 0.2); values are read as YAML scalars or lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. loss.margin=0.2)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{key}: cannot read value {raw!r}: {error}") from None
+    return key.split("."), value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set ``key=value`` overrides into a plain config mapping (before validation)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = values
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None and depth == 0 and part == "miner" and path[1] != "name":
+                raise ConfigError(f"{'.'.join(path)}: no miner is configured; set miner.name first")
+            if child is None:
+                child = node[part] = {"name": ExperimentConfig().loss.name} if (depth, part) == (0, "loss") else {}
+            if isinstance(child, str) and path[0] in ("loss", "miner") and depth == 0:
+                child = node[part] = {"name": child}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(path[: depth + 1])} is not a section; cannot set {'.'.join(path)}")
+            node = child
+        node[path[-1]] = value
+    return values
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections")
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
+    values = load_yaml(path) if path is not None else {}
+    return from_dict(apply_overrides(values, list(overrides or [])))
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check_component(kind: str, component: ComponentConfig, registry: Any, provided: set[str]) -> None:
+    if component.name not in registry:
+        close = difflib.get_close_matches(component.name, registry.names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; choose one of {registry.names()}"
+        raise ConfigError(f"{kind}.name: unknown {kind} {component.name!r}{hint}")
+    accepted = registry.parameters(component.name)
+    for key in component.params:
+        if key not in accepted or key in provided:
+            known = sorted(set(accepted) - provided)
+            raise _unknown_key(key, known, kind)
+
+
+def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Check values and component names/parameters; raises ConfigError naming the key."""
+    from deepmetric import data, losses, miners, models  # registries fill on import
+    from deepmetric.distances import DISTANCES
+    from deepmetric.training.components import PROVIDED_LOSS_ARGS
+
+    if config.data.name not in data.DATASETS:
+        raise ConfigError(f"data.name: unknown dataset {config.data.name!r}; choose one of {data.DATASETS.names()}")
+    if not 0 <= config.data.validation_classes < 1:
+        raise ConfigError(f"data.validation_classes: must be in [0, 1), got {config.data.validation_classes}")
+    if config.data.augment not in ("standard", "none"):
+        raise ConfigError(f"data.augment: must be 'standard' or 'none', got {config.data.augment!r}")
+    _positive(config.data.num_workers, "data.num_workers", allow_zero=True)
+    if config.model.backbone not in models.BACKBONES:
+        raise ConfigError(
+            f"model.backbone: unknown backbone {config.model.backbone!r}; choose one of {models.BACKBONES.names()}"
+        )
+    _positive(config.model.embedding_size, "model.embedding_size", allow_zero=True)
+    if config.model.pooling not in models.head.POOLINGS:
+        raise ConfigError(f"model.pooling: must be one of {list(models.head.POOLINGS)}, got {config.model.pooling!r}")
+    _check_component("loss", config.loss, losses.LOSSES, PROVIDED_LOSS_ARGS)
+    if config.miner is not None:
+        _check_component("miner", config.miner, miners.MINERS, set())
+    _positive(config.sampler.classes_per_batch, "sampler.classes_per_batch")
+    _positive(config.sampler.samples_per_class, "sampler.samples_per_class")
+    if config.optimizer.name not in ("adam", "adamw", "sgd"):
+        raise ConfigError(f"optimizer.name: must be adam, adamw or sgd, got {config.optimizer.name!r}")
+    _positive(config.optimizer.lr, "optimizer.lr")
+    if config.schedule.name not in ("constant", "cosine", "step", "linear"):
+        raise ConfigError(
+            f"schedule.name: must be constant, cosine, step or linear, got {config.schedule.name!r}"
+        )
+    _positive(config.train.iterations, "train.iterations", allow_zero=True)
+    for key in ("eval_every", "checkpoint_every", "log_every"):
+        _positive(getattr(config.train, key), f"train.{key}", allow_zero=True)
+    if config.eval.distance not in DISTANCES:
+        raise ConfigError(f"eval.distance: must be one of {sorted(DISTANCES)}, got {config.eval.distance!r}")
+    if not config.eval.metrics:
+        raise ConfigError("eval.metrics: give at least one metric")
+    if config.train.best_metric not in config.eval.metrics:
+        raise ConfigError(
+            f"train.best_metric: {config.train.best_metric!r} is not among eval.metrics {config.eval.metrics}"
+        )

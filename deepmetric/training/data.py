@@ -1,0 +1,112 @@
+"""The data of an experiment: training set, class-disjoint validation set, evaluation sets.
+
+Evaluation sets are named by protocol: ``{"test": ds}`` for leave-one-out retrieval within the test
+classes, or ``{"query": ds, "gallery": ds}`` for the query/gallery protocol. With
+``data.validation_classes > 0`` a seeded random fraction of the *training* classes is held out as
+``validation`` (leave-one-out), so that checkpoints and hyper-parameters are chosen without looking at the
+test classes ("A Metric Learning Reality Check", Musgrave et al. 2020).
+
+In frozen-feature mode every set is replaced by its cached backbone features (no augmentation is possible
+there: features are extracted once with the evaluation transform).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepmetric.data import get_dataset, subset
+from deepmetric.data.transforms import build_transform
+from deepmetric.models import Backbone
+from deepmetric.training.config import ExperimentConfig
+
+
+@dataclass
+class ExperimentData:
+    train: torch.utils.data.Dataset
+    train_labels: np.ndarray  # contiguous 0..C-1 labels of ``train``
+    evaluation: dict[str, torch.utils.data.Dataset]  # "test" or "query"/"gallery"
+    validation: torch.utils.data.Dataset | None = None
+    features: bool = False  # the sets hold cached backbone features, not images
+    num_classes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.num_classes = int(self.train_labels.max()) + 1 if len(self.train_labels) else 0
+
+
+def contiguous(labels: np.ndarray) -> np.ndarray:
+    """Map arbitrary integer labels to 0..C-1 (proxy and classification losses need this)."""
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
+
+def split_validation_classes(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the samples whose class is held out for validation (a seeded class subset)."""
+    classes = np.unique(labels)
+    count = int(round(fraction * len(classes)))
+    if fraction > 0 and not 2 <= count <= len(classes) - 2:
+        raise ValueError(
+            f"data.validation_classes={fraction} holds out {count} of {len(classes)} training classes; "
+            "both parts need at least 2 classes"
+        )
+    held_out = np.random.default_rng(seed).choice(classes, size=count, replace=False)
+    return np.isin(labels, held_out)
+
+
+def evaluation_splits(config: ExperimentConfig) -> dict[str, str]:
+    """Protocol name -> dataset split name."""
+    data = config.data
+    if data.gallery_split is None:
+        return {"test": data.test_split}
+    return {"query": data.test_split, "gallery": data.gallery_split}
+
+
+def build_data(config: ExperimentConfig, backbone: Backbone, device: torch.device) -> ExperimentData:
+    data = config.data
+    spec = backbone.input_spec
+    frozen = config.model.frozen
+    train_transform = build_transform(spec, train=not frozen, augment=data.augment)
+    eval_transform = build_transform(spec, train=False)
+
+    def load(split: str, transform) -> torch.utils.data.Dataset:
+        return get_dataset(data.name, root=data.root, split=split, transform=transform, **data.options)
+
+    train = load(data.train_split, eval_transform if frozen else train_transform)
+    evaluation = {name: load(split, eval_transform) for name, split in evaluation_splits(config).items()}
+    validation_source = train
+    if frozen:
+        # features of whole splits are cached once; the validation split is cut from them afterwards
+        train = validation_source = cached_features(config, backbone, train, device)
+        evaluation = {name: cached_features(config, backbone, ds, device) for name, ds in evaluation.items()}
+    elif data.validation_classes > 0:
+        validation_source = load(data.train_split, eval_transform)
+
+    labels = np.asarray(train.labels)
+    validation = None
+    if data.validation_classes > 0:
+        held_out = split_validation_classes(labels, data.validation_classes, config.seed)
+        validation = subset(validation_source, held_out)
+        train = subset(train, ~held_out)
+        labels = labels[~held_out]
+    return ExperimentData(train, contiguous(labels), evaluation, validation, features=frozen)
+
+
+def cached_features(
+    config: ExperimentConfig, backbone: Backbone, dataset: torch.utils.data.Dataset, device: torch.device
+) -> torch.utils.data.Dataset:
+    """The backbone features of ``dataset``, extracted once and cached on disk."""
+    from deepmetric.models.features import FeatureDataset, extract_features
+
+    array = extract_features(
+        backbone,
+        dataset,
+        batch_size=config.eval.batch_size,
+        device=device,
+        cache_dir=Path(config.model.feature_cache).expanduser(),
+        num_workers=config.data.num_workers,
+    )
+    features = FeatureDataset(array, np.asarray(dataset.labels))
+    features.class_names = getattr(dataset, "class_names", None)
+    return features

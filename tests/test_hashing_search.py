@@ -1,0 +1,185 @@
+"""Bit packing, Hamming distances, k-NN and radius search against slow numpy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deepmetric.hashing import (
+    FaissBinaryIndex,
+    HammingIndex,
+    as_words64,
+    hamming_distances,
+    hamming_knn,
+    hamming_radius_search,
+    pack_bits,
+    unpack_bits,
+)
+from deepmetric.hashing.search import _pairwise_hamming_swar, popcount64
+
+
+def random_signs(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
+    return np.where(rng.random((n, bits)) < 0.5, -1.0, 1.0).astype(np.float32)
+
+
+def slow_hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Count differing signs bit by bit."""
+    out = np.zeros((len(a), len(b)), dtype=np.int64)
+    for i in range(len(a)):
+        for j in range(len(b)):
+            out[i, j] = int(np.sum((a[i] > 0) != (b[j] > 0)))
+    return out
+
+
+def slow_knn(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    indices = np.array(
+        [sorted(range(distances.shape[1]), key=lambda j, r=row: (r[j], j))[:k] for row in distances]
+    )
+    return np.take_along_axis(distances, indices, 1), indices
+
+
+@pytest.mark.parametrize("bits", [8, 12, 48, 64, 100, 256])
+def test_pack_unpack_round_trip_signs_and_binary(bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    signs = random_signs(rng, 7, bits)
+    packed = pack_bits(signs)
+    assert packed.dtype == np.uint8 and packed.shape == (7, (bits + 7) // 8)
+    np.testing.assert_array_equal(unpack_bits(packed, bits), signs)
+    binary = (signs > 0).astype(np.uint8)
+    np.testing.assert_array_equal(pack_bits(binary), packed)
+    np.testing.assert_array_equal(unpack_bits(packed, bits, signed=False), binary)
+    real = signs * rng.random((7, bits)).astype(np.float32)  # relaxed codes pack by sign
+    np.testing.assert_array_equal(pack_bits(real), packed)
+    torch_packed = pack_bits(torch.from_numpy(signs))
+    assert torch_packed.dtype == torch.uint8
+    np.testing.assert_array_equal(torch_packed.numpy(), packed)
+    np.testing.assert_array_equal(unpack_bits(torch_packed, bits).numpy(), signs)
+
+
+def test_bit_layout_is_little_endian_like_faiss() -> None:
+    codes = np.zeros((1, 12), dtype=np.float32) - 1
+    codes[0, [0, 3, 9]] = 1
+    np.testing.assert_array_equal(pack_bits(codes), [[0b1001, 0b10]])
+
+
+def test_words64_pad_and_keep_bits() -> None:
+    rng = np.random.default_rng(0)
+    packed = pack_bits(random_signs(rng, 5, 72))
+    words = as_words64(packed)
+    assert words.dtype == np.uint64 and words.shape == (5, 2)
+    np.testing.assert_array_equal(words.view(np.uint8)[:, :9], packed)
+    assert (words.view(np.uint8)[:, 9:] == 0).all()
+    np.testing.assert_array_equal(as_words64(torch.from_numpy(packed)).numpy().view(np.uint64), words)
+
+
+def test_pack_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        pack_bits(np.ones(8))
+    with pytest.raises(ValueError, match="NaN"):
+        pack_bits(np.full((2, 8), np.nan))
+    with pytest.raises(ValueError, match="uint8"):
+        unpack_bits(np.ones((2, 1), dtype=np.int64), 8)
+    with pytest.raises(ValueError, match="bits must be in"):
+        unpack_bits(np.ones((2, 1), dtype=np.uint8), 9)
+
+
+@pytest.mark.parametrize("bits", [12, 64, 130])
+def test_hamming_distances_equal_bit_counting(bits: int) -> None:
+    rng = np.random.default_rng(1)
+    a, b = random_signs(rng, 9, bits), random_signs(rng, 13, bits)
+    expected = slow_hamming(a, b)
+    np.testing.assert_array_equal(hamming_distances(pack_bits(a), pack_bits(b)), expected)
+    as_tensor = hamming_distances(pack_bits(torch.from_numpy(a)), pack_bits(torch.from_numpy(b)))
+    np.testing.assert_array_equal(as_tensor.numpy(), expected)
+    # the device (non-CPU) path: SWAR popcount on int64 words
+    qa, qb = as_words64(pack_bits(torch.from_numpy(a))), as_words64(pack_bits(torch.from_numpy(b)))
+    np.testing.assert_array_equal(_pairwise_hamming_swar(qa, qb).numpy(), expected)
+
+
+def test_popcount64_of_extreme_words() -> None:
+    words = torch.tensor([0, -1, 1, -(2**63), 0x5555555555555555, 2**63 - 1], dtype=torch.int64)
+    assert popcount64(words).tolist() == [0, 64, 1, 1, 32, 63]
+
+
+@pytest.mark.parametrize(("bits", "budget"), [(16, 4096), (64, 2**20), (100, 50_000)])
+def test_hamming_knn_equals_brute_force_with_index_tie_break(bits: int, budget: int) -> None:
+    rng = np.random.default_rng(bits)
+    db = random_signs(rng, 700, bits)
+    db[500:520] = db[3]  # exact duplicates: ties at distance 0 must come out by index
+    queries = np.concatenate([db[3:4], random_signs(rng, 20, bits)])
+    expected_d, expected_i = slow_knn(slow_hamming(queries, db), 30)
+    distances, indices = hamming_knn(pack_bits(queries), pack_bits(db), 30, memory_budget=budget)
+    np.testing.assert_array_equal(distances, expected_d)
+    np.testing.assert_array_equal(indices, expected_i)
+    assert indices[0, :21].tolist() == [3, *range(500, 520)]
+    t_d, t_i = hamming_knn(pack_bits(torch.from_numpy(queries)), pack_bits(torch.from_numpy(db)), 30)
+    np.testing.assert_array_equal(t_i.numpy(), expected_i)
+    np.testing.assert_array_equal(t_d.numpy(), expected_d)
+
+
+def test_hamming_knn_k_equal_database_size_and_errors() -> None:
+    rng = np.random.default_rng(2)
+    db, q = pack_bits(random_signs(rng, 10, 8)), pack_bits(random_signs(rng, 3, 8))
+    distances, indices = hamming_knn(q, db, 10)
+    assert sorted(indices[0].tolist()) == list(range(10))
+    assert (np.diff(distances, axis=1) >= 0).all()
+    with pytest.raises(ValueError, match="k must be"):
+        hamming_knn(q, db, 11)
+    with pytest.raises(ValueError, match="bytes"):
+        hamming_knn(pack_bits(random_signs(rng, 3, 16)), db, 2)
+    with pytest.raises(ValueError, match="both"):
+        hamming_knn(torch.from_numpy(q), db, 2)
+
+
+def test_radius_search_equals_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    db, queries = random_signs(rng, 400, 12), random_signs(rng, 15, 12)
+    reference = slow_hamming(queries, db)
+    lims, distances, indices = hamming_radius_search(
+        pack_bits(queries), pack_bits(db), 3, memory_budget=10_000
+    )
+    assert lims.shape == (16,)
+    for q in range(15):
+        expected = sorted((reference[q, j], j) for j in range(400) if reference[q, j] <= 3)
+        got = list(zip(distances[lims[q] : lims[q + 1]].tolist(), indices[lims[q] : lims[q + 1]].tolist()))
+        assert got == [(int(d), int(j)) for d, j in expected]
+
+
+def test_hamming_index_backend_matches_functions() -> None:
+    rng = np.random.default_rng(4)
+    db, queries = random_signs(rng, 300, 24), random_signs(rng, 6, 24)
+    index = HammingIndex(24)
+    index.add(db[:100])
+    index.add(torch.from_numpy(db[100:]))
+    assert len(index) == 300
+    distances, indices = index.search(queries, 5)
+    expected_d, expected_i = slow_knn(slow_hamming(queries, db), 5)
+    np.testing.assert_array_equal(indices, expected_i)
+    np.testing.assert_array_equal(distances, expected_d)
+    with pytest.raises(ValueError, match="N x 24"):
+        index.add(db[:, :16])
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_faiss_backend_agrees_with_exact_search(kind: str) -> None:
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(5)
+    db, queries = random_signs(rng, 2000, 32), random_signs(rng, 20, 32)
+    exact = HammingIndex(32)
+    exact.add(db)
+    index = FaissBinaryIndex(32, kind=kind, nlist=8, nprobe=8)
+    index.add(db)
+    expected_d, _ = exact.search(queries, 10)
+    distances, indices = index.search(queries, 10)
+    np.testing.assert_array_equal(distances, slow_hamming(queries, db)[np.arange(20)[:, None], indices])
+    if kind in ("flat", "ivf"):  # ivf with nprobe = nlist scans every cell: exact too
+        np.testing.assert_array_equal(distances, expected_d)
+    else:
+        assert (distances >= expected_d).all() and np.mean(distances == expected_d) > 0.8
+    if kind == "flat":
+        lims, range_d, range_i = index.range_search(queries, 10)
+        e_lims, e_d, e_i = exact.range_search(queries, 10)
+        np.testing.assert_array_equal(lims, e_lims)
+        np.testing.assert_array_equal(range_d, e_d)
+        np.testing.assert_array_equal(range_i, e_i)
