@@ -37,6 +37,7 @@ def clustered_embeddings(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 
 
 def run_worker(side: str, task: str, n: int, queries: int | None) -> dict:
+    # both libraries are imported on both sides, so imports weigh the same in each side's peak RSS
     import torch
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 

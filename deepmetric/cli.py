@@ -30,17 +30,21 @@ def _run_dir(config, out: str | None) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    from deepmetric.training import resume, train
+    """Train (or resume) a run; under ``torchrun`` every process runs this and rank 0 writes the run."""
+    from deepmetric.training import distributed, resume, train
 
-    if args.config is None:
-        if not (args.resume and args.out):
-            raise ConfigError("give a CONFIG file, or --resume with --out RUN to continue a run")
-        return resume(args.out)
-    config = _config(args.config, args.overrides)
-    run_dir = _run_dir(config, args.out)
-    if args.resume:
-        return resume(run_dir)
-    return train(config, run_dir)
+    try:
+        if args.config is None:
+            if not (args.resume and args.out):
+                raise ConfigError("give a CONFIG file, or --resume with --out RUN to continue a run")
+            return resume(args.out)
+        config = _config(args.config, args.overrides)
+        run_dir = _run_dir(config, args.out)
+        if args.resume:
+            return resume(run_dir)
+        return train(config, run_dir)
+    finally:
+        distributed.teardown()
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -56,7 +60,9 @@ def cmd_embed(args: argparse.Namespace) -> None:
     folder.mkdir(exist_ok=True)
     for name, dataset in data.evaluation.items():
         split = config.data.test_split if name == "test" else name
-        embeddings = embed_dataset(model, dataset, batch_size=config.eval.batch_size, features=data.features)
+        embeddings = embed_dataset(
+            model, dataset, batch_size=config.eval.batch_size, features=data.features, binarize=config.eval.binarize
+        )
         np.save(folder / f"{split}_embeddings.npy", embeddings)
         np.save(folder / f"{split}_labels.npy", np.asarray(dataset.labels))
         print(f"{split}: {embeddings.shape[0]} x {embeddings.shape[1]} -> {folder}/{split}_embeddings.npy")
@@ -126,14 +132,19 @@ def cmd_report(args: argparse.Namespace) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     """Train, embed, evaluate and report in one go."""
-    from deepmetric.training import train
+    from deepmetric.training import distributed, train
     from deepmetric.viz.report import write_report
 
     config = _config(args.config, args.overrides)
     run_dir = _run_dir(config, args.out)
-    metrics = train(config, run_dir)
-    print_comparison(metrics, config.eval.metrics)
-    print(f"report: {write_report(run_dir)}")
+    try:
+        metrics = train(config, run_dir)
+        main = distributed.is_main()
+    finally:
+        distributed.teardown()
+    if main:  # under torchrun, rank 0 alone reports
+        print_comparison(metrics, config.eval.metrics)
+        print(f"report: {write_report(run_dir)}")
     return metrics
 
 
@@ -189,6 +200,29 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"{kind}: {', '.join(registries[kind].names())}")
 
 
+def _comma_list(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run a benchmark suite (methods x varied settings x seeds) and write its results table."""
+    from deepmetric.benchmarking import run_suite
+
+    seeds = _comma_list(args.seeds)
+    try:
+        seed_list = [int(s) for s in seeds] if seeds else None
+    except ValueError:
+        raise ConfigError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    return run_suite(
+        args.suite,
+        out_dir=args.out,
+        only=_comma_list(args.only),
+        seeds=seed_list,
+        compare_pml=args.compare_pml,
+        select=not args.no_select,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepmetric", description="Deep metric learning and image retrieval.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -233,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/demo)")
     p.add_argument("--iterations", type=int, help="training iterations")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="run a benchmark suite: methods x seeds, mean ± std table")
+    p.add_argument("suite", help="suite YAML file (see benchmarks/suites/)")
+    p.add_argument("--out", help="output folder (default: bench/<suite name>)")
+    p.add_argument("--only", help="comma-separated method names to run")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the suite's)")
+    p.add_argument("--compare-pml", action="store_true", help="also run pytorch-metric-learning's losses")
+    p.add_argument("--no-select", action="store_true", help="skip validation selection (use saved choices)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("list", help="list the registered losses, miners, datasets and backbones")
     p.add_argument("kind", nargs="?", choices=["losses", "miners", "datasets", "backbones"])

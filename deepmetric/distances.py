@@ -15,16 +15,29 @@ import torch.nn.functional as F
 _ZERO_EPS = 1e-12
 
 
+class _SafeSqrt(torch.autograd.Function):
+    """``sqrt`` whose gradient is 0 (not infinite) where the input is (numerically) zero."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, squared: torch.Tensor) -> torch.Tensor:
+        root = squared.clamp_min(0).sqrt()
+        ctx.save_for_backward(root)
+        return root
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        (root,) = ctx.saved_tensors
+        return torch.where(root > _ZERO_EPS**0.5, grad / (2 * root), torch.zeros_like(grad))
+
+
 def safe_sqrt(squared: torch.Tensor) -> torch.Tensor:
     """Square root whose gradient stays finite at zero.
 
     ``d/dx sqrt(x)`` is infinite at 0, so identical embeddings (distance 0) would turn the gradient into
-    NaN. Where ``squared`` is (numerically) zero we return 0 with a zero gradient instead.
+    NaN. Where ``squared`` is (numerically) zero the gradient is 0 instead. One fused autograd node: this
+    sits under every Euclidean loss, so it is kept cheap.
     """
-    squared = squared.clamp_min(0)
-    is_zero = squared <= _ZERO_EPS
-    root = torch.sqrt(torch.where(is_zero, torch.ones_like(squared), squared))
-    return torch.where(is_zero, torch.zeros_like(root), root)
+    return _SafeSqrt.apply(squared)
 
 
 class Distance(torch.nn.Module):
@@ -80,8 +93,10 @@ class SquaredEuclideanDistance(Distance):
 
     def _pairwise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_sq = (x * x).sum(-1, keepdim=True)
-        y_sq = (y * y).sum(-1, keepdim=True)
-        return (x_sq + y_sq.transpose(-2, -1) - 2 * x @ y.transpose(-2, -1)).clamp_min(0)
+        y_sq = (y * y).sum(-1, keepdim=True).transpose(-2, -1)
+        if x.ndim == 2:  # one fused multiply-add for the common case
+            return torch.addmm(x_sq + y_sq, x, y.T, alpha=-2).clamp_min(0)
+        return (x_sq + y_sq - 2 * x @ y.transpose(-2, -1)).clamp_min(0)
 
     def _paired(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ((x - y) ** 2).sum(-1)

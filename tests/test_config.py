@@ -87,3 +87,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_from_dict_refuses_non_mapping_section():
     with pytest.raises(ConfigError, match="model"):
         from_dict({"model": 3})
+
+
+def test_unknown_metric_is_refused():
+    with pytest.raises(ConfigError, match="eval.metrics"):
+        load_config(None, ["eval.metrics=[recall@1, recal@2]"])

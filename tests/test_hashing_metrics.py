@@ -110,3 +110,20 @@ def test_metric_errors() -> None:
         evaluate_hashing(db[:, :4], labels, db, labels)
     with pytest.raises(ValueError, match="rows"):
         evaluate_hashing(db, labels[:5], db, labels)
+
+
+def test_map_equals_float_evaluation_of_sign_codes() -> None:
+    # ±1 codes: squared euclidean distance = 4 x Hamming distance, so the float evaluation ranks identically
+    evaluation = pytest.importorskip("deepmetric.evaluation")
+    db, db_labels = codes_and_labels(8, 200, 16, 4)
+    queries, query_labels = codes_and_labels(9, 30, 16, 4)
+    expected = evaluation.evaluate(
+        queries.astype(np.float32),
+        query_labels,
+        db.astype(np.float32),
+        db_labels,
+        metrics=("map",),
+        distance="euclidean",
+    )["map"]
+    got = evaluate_hashing(queries, query_labels, db, db_labels, metrics=("map",))["map"]
+    assert got == pytest.approx(expected, abs=1e-9)

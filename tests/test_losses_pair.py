@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-import loss_references as ref
 import pytest
 import torch
 
 import deepmetric.losses as losses
 from deepmetric.masks import to_triplets
+from tests import loss_references as ref
 
 
 def pk_batch(classes: int = 4, per_class: int = 3, dim: int = 5, seed: int = 0):
@@ -216,6 +216,8 @@ def test_npair_matches_reference_and_picks_first_pairs():
     pairs = [(rows[0], rows[1]) for _, rows in sorted(first.items())]
     anchor, positive = losses.NPairLoss.one_pair_per_class(labels, ref_pairs_mask(labels))
     assert sorted(zip(anchor.tolist(), positive.tolist())) == sorted(pairs)
+    anchor, positive = losses.NPairLoss.first_pairs(labels, None)
+    assert sorted(zip(anchor.tolist(), positive.tolist())) == sorted(pairs)
     check_close(losses.get("npair")(x, labels), ref.npair(x, pairs), [x])
     check_close(
         losses.get("npair", l2_reg_weight=0.1)(x, labels), ref.npair(x, pairs, l2_reg_weight=0.1), [x]
@@ -231,6 +233,16 @@ def test_npair_with_reference_set():
         pairs.append((anchor, bank_labels.tolist().index(label)))
     loss = losses.get("npair")(x, labels, ref_embeddings=bank, ref_labels=bank_labels)
     check_close(loss, ref.npair(x, pairs, bank), [x, bank])
+
+
+def test_npair_with_mined_pairs_uses_first_mined_pair_per_class():
+    x, labels = pk_batch(seed=25)
+    pos, neg = ref.pairs_from_labels(labels)
+    indices, mined_pos, _ = mined_pairs(pos, neg, seed=26)
+    chosen = {}
+    for a, p in sorted(mined_pos):
+        chosen.setdefault(int(labels[a]), (a, p))
+    check_close(losses.get("npair")(x, labels, indices), ref.npair(x, sorted(chosen.values())), [x])
 
 
 def test_npair_refuses_multi_hot_labels():

@@ -90,7 +90,7 @@ def test_ids_labels_add_and_round_trip(tmp_path):
 
 def test_k_larger_than_the_index_returns_everything():
     gallery, _ = data(4)
-    distances, indices = Index.build(gallery).search(gallery, 10)
+    _, indices = Index.build(gallery).search(gallery, 10)
     assert indices.shape == (4, 4) and sorted(indices[0]) == [0, 1, 2, 3]
 
 
@@ -109,7 +109,7 @@ def test_backends_are_pluggable_by_name():
         (lambda ix: ix.add(np.full((3, 4), np.nan)), "NaN"),
         (lambda ix: ix.add(np.zeros((0, 4))), "empty"),
         (lambda ix: ix.add(np.zeros((3, 4)), labels=[1, 2]), "labels has 2"),
-        (lambda ix: ix.add(np.zeros((3, 4)), ids=["a"]), "ids has 1"),
+        (lambda ix: ix.add(np.zeros((3, 4)), labels=[1, 2, 3], ids=["a"]), "ids has 1"),
         (lambda ix: ix.add(np.zeros((3, 4))), "labels must be given"),
         (lambda ix: ix.search(np.zeros((2, 3)), 1), "dimension"),
         (lambda ix: ix.search(np.ones((2, 4)), 0), "k must be"),

@@ -100,7 +100,7 @@ def assert_self_contained(page: str) -> None:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> tuple[Path, str]:
     run = make_run(tmp_path_factory.mktemp("run"))
-    path = write_report(run, max_points=60, seed=0)
+    path = write_report(run, max_points=60, seed=0, num_queries=3, top_k=4)
     return path, path.read_text()
 
 
@@ -146,7 +146,7 @@ def test_config_is_shown_as_yaml(report):
 
 def test_report_without_the_dataset_still_renders_and_says_why(tmp_path):
     run = make_run(tmp_path / "run", dataset="no_such_dataset")
-    page = write_report(run, max_points=40).read_text()
+    page = write_report(run, max_points=40, num_queries=2, top_k=3).read_text()
     assert "No retrieval grids: cannot open dataset &#x27;no_such_dataset&#x27;" in page
     assert "No thumbnails" in page
     assert len(embedded_pngs(page)) == 3  # recall@K, training curves, map without thumbnails
@@ -157,13 +157,13 @@ def test_report_refuses_images_when_the_dataset_no_longer_matches_the_embeddings
     run = make_run(tmp_path / "run")
     labels = np.load(run / "embeddings/test_labels.npy")
     np.save(run / "embeddings/test_labels.npy", labels[::-1].copy())
-    page = write_report(run, max_points=40).read_text()
+    page = write_report(run, max_points=40, num_queries=2, top_k=3).read_text()
     assert "do not match" in page and "No retrieval grids" in page
 
 
 def test_report_with_a_query_gallery_protocol(tmp_path):
     run = make_run(tmp_path / "run", query_gallery=True)
-    page = write_report(run, max_points=40).read_text()
+    page = write_report(run, max_points=40, num_queries=2, top_k=3).read_text()
     assert "among the gallery set" in page and "Could not draw" not in page
     assert len(embedded_pngs(page)) == 5
 
@@ -208,3 +208,16 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
     assert colours is not None and len(colours) > 200  # text, table and plots, not a blank page
     white = sum(count for count, rgb in colours if min(rgb) > 245)
     assert white < 0.97 * image.width * image.height
+
+
+def test_hashing_precision_recall_arrays_are_drawn_not_tabulated(tmp_path):
+    run = make_run(tmp_path / "run", log=False)
+    shutil.rmtree(run / "embeddings")
+    metrics = {
+        "untrained": {"map": 0.2},
+        "trained": {"map": 0.7, "pr_curve_precision": [1.0, 0.9, 0.5], "pr_curve_recall": [0.1, 0.5, 1.0]},
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    page = write_report(run).read_text()
+    assert "Precision-recall (Hamming radii)" in page and len(embedded_pngs(page)) == 1
+    assert "<th>map</th>" in page and "<th>pr_curve_precision</th>" not in page

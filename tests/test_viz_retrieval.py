@@ -16,6 +16,7 @@ from deepmetric.viz.retrieval_grid import (
     WRONG_COLOR,
     plot_retrieval_grid,
     plot_worst_queries,
+    score_text,
     worst_queries,
 )
 
@@ -111,7 +112,7 @@ def test_grid_has_one_panel_per_query_and_result_with_right_and_wrong_frames():
             ax = axes[r, c + 1]
             expected = RIGHT_COLOR if labels[indices[r, c]] == labels[query] else WRONG_COLOR
             assert to_hex(ax.spines["top"].get_edgecolor()) == expected
-            assert f"euclidean {scores[r, c]:.4g}\n" in ax.get_xlabel()
+            assert f"euclidean {score_text(scores[r, c])}\n" in ax.get_xlabel()
             colors_seen.add(expected)
         assert axes[r, 0].get_xlabel().startswith(f"query: {labels[query]}")
     assert colors_seen == {RIGHT_COLOR, WRONG_COLOR}  # the data give both kinds of results

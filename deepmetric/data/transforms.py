@@ -4,7 +4,9 @@
 
 - evaluation: ``Resize(spec.resize_size)`` (shorter side) + ``CenterCrop(spec.image_size)``;
 - training, ``augment="standard"``: ``RandomResizedCrop(spec.image_size)`` + ``RandomHorizontalFlip``
-  (the usual metric-learning augmentation); ``augment="none"``: the evaluation pipeline;
+  (the usual metric-learning augmentation); ``augment="light"``: the evaluation pipeline followed by a small
+  random affine warp (rotation, shift, scale; no flip: for digits, characters and text);
+  ``augment="none"``: the evaluation pipeline;
 
 then the channels are converted to ``spec.channels`` (grey -> RGB or RGB -> grey), the image becomes a
 float tensor in 0..1 (0..255 with ``spec.scale_255``), channels are reversed with ``spec.bgr`` and the
@@ -22,7 +24,7 @@ from torchvision import transforms as T
 
 from deepmetric.models.backbones import InputSpec
 
-AUGMENTATIONS = ("standard", "none")
+AUGMENTATIONS = ("standard", "light", "none")
 
 
 class ConvertChannels:
@@ -80,6 +82,8 @@ def build_transform(
         steps += [T.RandomResizedCrop(spec.image_size), T.RandomHorizontalFlip()]
     else:
         steps += [T.Resize(spec.resize_size), T.CenterCrop(spec.image_size)]
+        if train and augment == "light":
+            steps.append(T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
     steps.append(T.ToTensor())
     if spec.scale_255:
         steps.append(ScaleTo255())

@@ -27,7 +27,7 @@ def _nearest_centroid(
     centroid_norms = (centroids * centroids).sum(1)
     assignments, distances = [], []
     for start in range(0, len(points), rows):
-        block = centroid_norms[None, :] - 2 * points[start : start + rows] @ centroids.T
+        block = torch.addmm(centroid_norms[None, :], points[start : start + rows], centroids.T, alpha=-2)
         best, index = block.min(1)
         assignments.append(index)
         distances.append((best + point_norms[start : start + rows]).clamp_min(0))
@@ -35,18 +35,27 @@ def _nearest_centroid(
 
 
 def kmeans_plus_plus(
-    points: torch.Tensor, point_norms: torch.Tensor, k: int, generator: torch.Generator, rows: int
+    points: torch.Tensor, point_norms: torch.Tensor, k: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre drawn with prob. ~ D(x)^2."""
-    chosen = [int(torch.randint(len(points), (1,), generator=generator))]
-    closest = _nearest_centroid(points, point_norms, points[chosen], rows)[1].double()
-    for _ in range(1, k):
-        total = closest.sum()
-        # all remaining distances zero (fewer distinct points than clusters): any point will do
-        weights = torch.ones_like(closest) if total <= 0 else closest / total
-        chosen.append(int(torch.multinomial(weights.cpu(), 1, generator=generator)))
-        new_centre = points[chosen[-1:]]
-        closest = torch.minimum(closest, _nearest_centroid(points, point_norms, new_centre, rows)[1].double())
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre drawn with prob. ~ D(x)^2.
+
+    Drawn by inverse transform sampling (cumulative sum + binary search), which is much cheaper per
+    centre than ``torch.multinomial``.
+    """
+    uniforms = torch.rand(k, generator=generator, dtype=torch.float64).to(points.device)
+    chosen = [min(int(uniforms[0] * len(points)), len(points) - 1)]
+    closest = torch.full_like(point_norms, torch.inf, dtype=torch.float64)
+    for step in range(1, k + 1):
+        centre = points[chosen[-1]]
+        to_centre = (point_norms + point_norms[chosen[-1]] - 2 * torch.mv(points, centre)).clamp_min(0)
+        closest = torch.minimum(closest, to_centre.double())
+        if step == k:
+            break
+        cumulative = closest.cumsum(0)
+        if cumulative[-1] <= 0:  # fewer distinct points than clusters: any point will do
+            cumulative = torch.arange(1, len(points) + 1, device=points.device, dtype=torch.float64)
+        target = uniforms[step : step + 1] * cumulative[-1]
+        chosen.append(min(int(torch.searchsorted(cumulative, target, right=True)), len(points) - 1))
     return points[chosen]
 
 
@@ -69,7 +78,7 @@ def kmeans(
     point_norms = (points * points).sum(1)
     rows = rows_per_block(num_clusters, memory_budget_mb)
     generator = torch.Generator().manual_seed(seed)
-    centroids = kmeans_plus_plus(points, point_norms, num_clusters, generator, rows)
+    centroids = kmeans_plus_plus(points, point_norms, num_clusters, generator)
     assignments = None
     for _ in range(max_iterations):
         new_assignments, distances = _nearest_centroid(points, point_norms, centroids, rows)

@@ -161,19 +161,20 @@ def _block_values(
     if not bool(has_relevant.any()):
         return has_relevant, {}
 
-    scores = block.scores[has_relevant]
-    num_relevant = num_relevant[has_relevant]
-    query_labels = labels.query[rows][has_relevant]
+    # rank every row of the block (no copy of the block), then keep the rows with a relevant item
     if needs_full_ranking(specs):
-        values, indices = full_ranking(scores, largest)
+        values, indices = full_ranking(block.scores, largest)
     else:
         k = neighbours_needed(specs)
         if needs_r_neighbours(specs):
             k = max(k, int(num_relevant.max()))
-        values, indices = topk_deterministic(scores, max(k, 1), largest)
+        values, indices = topk_deterministic(block.scores, max(k, 1), largest)
+    kept_rows = has_relevant.nonzero().flatten()
+    values, indices, num_relevant = values[kept_rows], indices[kept_rows], num_relevant[kept_rows]
+    query_labels = labels.query[rows][kept_rows]
     valid = ~torch.isinf(values)
     if labels.multi_hot:
-        relevant = relevance[has_relevant].gather(1, indices)
+        relevant = relevance[kept_rows].gather(1, indices)
     else:
         relevant = labels.gallery[indices] == query_labels[:, None]
     relevant &= valid
@@ -183,14 +184,16 @@ def _block_values(
         found = relevant.any(1)
         first_rank = relevant.int().argmax(1) + 1
         if not bool(found.all()):
+            missing_rows = kept_rows[~found]
             if relevance is None:
-                missing_rows = has_relevant.nonzero().flatten()[~found]
                 row_relevance = block.exclude_from(
                     labels.gallery[None, :] == query_labels[~found, None], missing_rows
                 )
             else:
-                row_relevance = relevance[has_relevant][~found]
-            first_rank[~found] = _first_relevant_rank_outside_top(scores[~found], row_relevance, largest)
+                row_relevance = relevance[missing_rows]
+            first_rank[~found] = _first_relevant_rank_outside_top(
+                block.scores[missing_rows], row_relevance, largest
+            )
 
     results = {}
     for spec in specs:

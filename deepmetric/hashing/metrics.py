@@ -10,6 +10,7 @@ random variable; with short codes many items share a distance). Relevant = share
   R the number of relevant items; a query with no relevant item scores 0.
 - ``map@N``: AP over the top N only, normalised by the number of relevant items within the top N (the
   DeepHash "mAP@N", e.g. mAP@1000 on CIFAR-10, mAP@5000 on NUS-WIDE); 0 when the top N holds none.
+  (``deepmetric.evaluation``'s float ``map@K`` normalises differently; ``map`` agrees with its ``map``.)
 - ``precision@rR`` / ``recall@rR``: precision (recall) of the items within Hamming radius R (lookup-table
   search); a query retrieving nothing has precision 0, as in the papers' "precision within radius 2".
 - ``pr_curve``: precision and recall within radius r for r = 0..bits (same conventions), returned as the

@@ -80,7 +80,11 @@ def _within(dist: torch.Tensor, limit: torch.Tensor | int) -> tuple[torch.Tensor
         bound = limit.numpy().astype(d.dtype) if torch.is_tensor(limit) else limit
         flat = np.flatnonzero(d <= bound)  # 1-D nonzero is ~10x faster than numpy's 2-D one
         rows, cols = np.divmod(flat, d.shape[1])
-        return torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(d.ravel()[flat].astype(np.int64))
+        return (
+            torch.from_numpy(rows),
+            torch.from_numpy(cols),
+            torch.from_numpy(d.ravel()[flat].astype(np.int64)),
+        )
     rows, cols = (dist <= limit).nonzero(as_tuple=True)
     return rows, cols, dist[rows, cols].long()
 
@@ -113,8 +117,8 @@ def _check_pair(
         )
     if query.device != database.device:
         raise ValueError(f"query codes are on {query.device} but database codes on {database.device}")
-    if database.shape[0] == 0:
-        raise ValueError("database_packed is empty")
+    if database.shape[0] == 0 or query.shape[0] == 0:
+        raise ValueError("database_packed is empty" if database.shape[0] == 0 else "query_packed is empty")
     return as_words64(query), as_words64(database), query_is_torch
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import LOSSES, MetricLoss
+from deepmetric.losses.contrastive import reduce_pair_matrix
 from deepmetric.masks import PairIndices, TripletIndices
 
 
@@ -49,9 +50,11 @@ class BinomialDevianceLoss(MetricLoss):
     ) -> torch.Tensor:
         positives, negatives = self.masks(labels, indices, ref_labels)
         shifted = self.distance(embeddings, ref_embeddings) - self.beta
-        pos_loss = F.softplus(-self.alpha * shifted[positives])
-        neg_loss = F.softplus(self.alpha * self.neg_cost * shifted[negatives])
-        return torch.cat([pos_loss / max(pos_loss.numel(), 1), neg_loss / max(neg_loss.numel(), 1)])
+        pos_weight = positives / positives.sum().clamp_min(1)
+        neg_weight = negatives / negatives.sum().clamp_min(1)
+        pos_loss = F.softplus(-self.alpha * shifted) * pos_weight
+        neg_loss = F.softplus(self.alpha * self.neg_cost * shifted) * neg_weight
+        return reduce_pair_matrix(pos_loss + neg_loss, positives | negatives, self.reduction)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}, neg_cost={self.neg_cost}"

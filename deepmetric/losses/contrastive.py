@@ -24,6 +24,20 @@ from deepmetric.losses.base import LOSSES, MetricLoss
 from deepmetric.masks import PairIndices, TripletIndices
 
 
+def reduce_pair_matrix(losses: torch.Tensor, pairs: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduce a matrix of non-negative pair losses that is zero outside the ``pairs`` mask.
+
+    Gathering the pairs (boolean indexing) costs more than the loss itself, so only ``none`` gathers; the
+    sum and the mean over non-zero losses are unchanged by the zeros and are left to the shared reducer,
+    and ``mean`` divides by the number of pairs here (a scalar passes the shared reducer unchanged).
+    """
+    if reduction == "none":
+        return losses[pairs]
+    if reduction == "mean":
+        return losses.sum() / pairs.sum().clamp_min(1).to(losses.dtype)
+    return losses
+
+
 @LOSSES.register("contrastive")
 class ContrastiveLoss(MetricLoss):
     def __init__(
@@ -49,10 +63,12 @@ class ContrastiveLoss(MetricLoss):
     ) -> torch.Tensor:
         positives, negatives = self.masks(labels, indices, ref_labels)
         dist = self.distance(embeddings, ref_embeddings)
-        pos_loss = F.relu(self.distance.closer_by(self.pos_margin, dist[positives]))
-        neg_loss = F.relu(self.distance.closer_by(dist[negatives], self.neg_margin))
-        losses = torch.cat([pos_loss, neg_loss])
-        return losses * losses if self.squared else losses
+        pos_loss = F.relu(self.distance.closer_by(self.pos_margin, dist))
+        neg_loss = F.relu(self.distance.closer_by(dist, self.neg_margin))
+        losses = pos_loss * positives + neg_loss * negatives
+        if self.squared:
+            losses = losses * losses
+        return reduce_pair_matrix(losses, positives | negatives, self.reduction)
 
     def extra_repr(self) -> str:
         return f"pos_margin={self.pos_margin}, neg_margin={self.neg_margin}, squared={self.squared}"

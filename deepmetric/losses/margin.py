@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import LOSSES, MetricLoss
+from deepmetric.losses.contrastive import reduce_pair_matrix
 from deepmetric.masks import PairIndices, TripletIndices
 from deepmetric.reducers import reduce
 
@@ -66,7 +67,9 @@ class MarginLoss(MetricLoss):
         beta = self.row_beta(labels).to(dist.dtype)[:, None]
         pos_loss = F.relu(self.margin + self.distance.closer_by(beta, dist))
         neg_loss = F.relu(self.margin + self.distance.closer_by(dist, beta))
-        losses = torch.cat([pos_loss[positives], neg_loss[negatives]])
+        losses = reduce_pair_matrix(
+            pos_loss * positives + neg_loss * negatives, positives | negatives, self.reduction
+        )
         if self.reduction == "none" or not self.nu:
             return losses
         pairs_per_row = (positives.sum(1) + negatives.sum(1)).to(dist.dtype)

@@ -25,6 +25,17 @@ from deepmetric.losses.base import LOSSES, MetricLoss
 from deepmetric.masks import PairIndices, TripletIndices
 
 
+def _first_of_each_class(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(classes, first, order)``: sorted classes, the position in ``labels[order]`` where each starts, and
+    the stable sort order (so the first position of a class is its first sample in batch order)."""
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    starts = torch.ones_like(sorted_labels, dtype=torch.bool)
+    starts[1:] = sorted_labels[1:] != sorted_labels[:-1]
+    firsts = starts.nonzero().squeeze(1)
+    return sorted_labels[firsts], firsts, order
+
+
 @LOSSES.register("npair")
 class NPairLoss(MetricLoss):
     default_distance = "dot"
@@ -44,8 +55,10 @@ class NPairLoss(MetricLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        positives, _ = self.masks(labels, indices, ref_labels)
-        anchor, positive = self.one_pair_per_class(labels, positives)
+        if indices is None:
+            anchor, positive = self.first_pairs(labels, ref_labels)
+        else:
+            anchor, positive = self.one_pair_per_class(labels, self.masks(labels, indices, ref_labels)[0])
         if anchor.numel() == 0:
             return embeddings.new_zeros(0)
         references = embeddings if ref_embeddings is None else ref_embeddings
@@ -57,6 +70,24 @@ class NPairLoss(MetricLoss):
         if self.l2_reg_weight:
             losses = losses + self.l2_reg_weight / 4 * (anchors.square().sum(1) + pairs.square().sum(1))
         return losses
+
+    @staticmethod
+    def first_pairs(
+        labels: torch.Tensor, ref_labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same rule as :meth:`one_pair_per_class` for all pairs, from a stable sort of the labels
+        (no ``B x B`` mask): per class its first sample and, as positive, its second sample (or the first
+        sample of the class in the reference set)."""
+        classes, firsts, order = _first_of_each_class(labels)
+        if ref_labels is None:
+            sorted_labels = labels[order]
+            second = (firsts + 1).clamp_max(len(labels) - 1)
+            has_second = (second > firsts) & (sorted_labels[second] == classes)
+            return order[firsts[has_second]], order[second[has_second]]
+        ref_classes, ref_firsts, ref_order = _first_of_each_class(ref_labels)
+        slot = torch.searchsorted(ref_classes, classes).clamp_max(len(ref_classes) - 1)
+        shared = ref_classes[slot] == classes
+        return order[firsts[shared]], ref_order[ref_firsts[slot[shared]]]
 
     @staticmethod
     def one_pair_per_class(

@@ -71,5 +71,11 @@ def small_cnn(
 
 
 def build_backbone(name: str, **kwargs) -> Backbone:
-    """Build the backbone registered as ``name``; keyword arguments go to its constructor."""
+    """Build the backbone registered as ``name``, or any timm model as ``timm:<model name>``."""
+    if name.startswith("timm:"):
+        return BACKBONES.build("timm", model_name=name.removeprefix("timm:"), **kwargs)
     return BACKBONES.build(name, **kwargs)
+
+
+def is_backbone_name(name: str) -> bool:
+    return name in BACKBONES or (name.startswith("timm:") and len(name) > len("timm:"))

@@ -77,7 +77,7 @@ class Index:
         backend: str = "torch",
         **backend_params: Any,
     ) -> Index:
-        """An index holding ``embeddings`` (``N x D``), their ``labels`` and ``ids`` (default ``"0".."N-1"``)."""
+        """An index of ``embeddings`` (``N x D``) with ``labels`` and ``ids`` (default: positions)."""
         matrix = _as_matrix(embeddings, "embeddings")
         index = cls(matrix.shape[1], distance, backend, **backend_params)
         index.add(matrix, labels, ids)

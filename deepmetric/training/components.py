@@ -5,41 +5,80 @@ from __future__ import annotations
 import inspect
 import math
 
+import numpy as np
 import torch
 
 from deepmetric import losses, miners
-from deepmetric.models import EmbeddingHead, EmbeddingModel, build_backbone
-from deepmetric.training.config import ExperimentConfig
+from deepmetric.hashing import HashHead
+from deepmetric.data.pairs import TupleBatchSampler, tuple_indices
+from deepmetric.masks import PairIndices, TripletIndices
+from deepmetric.models import Backbone, EmbeddingHead, EmbeddingModel, build_backbone
+from deepmetric.models.ensemble import build_ensemble, meta_class_partitions
+from deepmetric.samplers import PKSampler
+from deepmetric.training.config import ExperimentConfig, SamplerConfig
 
-# Loss constructor arguments the trainer fills in from the data and the model, never from the config.
-PROVIDED_LOSS_ARGS = {"num_classes", "embedding_size"}
+# Loss constructor arguments the trainer fills in from the data and the model, never from the config
+# (``partitions``: the meta-class table of an ensemble's learners, drawn from the seed).
+PROVIDED_LOSS_ARGS = {"num_classes", "embedding_size", "partitions"}
 
 
 def build_model(config: ExperimentConfig) -> EmbeddingModel:
+    """The backbone + head model, or with ``config.ensemble`` an ensemble of learners (independent
+    backbones, or one shared backbone in frozen-feature mode where its features are cached)."""
     model_config = config.model
-    backbone = build_backbone(
-        model_config.backbone,
-        pretrained=model_config.pretrained,
-        weights=model_config.weights,
-        **model_config.backbone_options,
-    )
-    head = EmbeddingHead(
-        backbone.feature_dim,
-        embedding_size=model_config.embedding_size,
-        pooling=model_config.pooling,
-        batchnorm=model_config.batchnorm,
-        normalize=model_config.normalize,
-        dropout=model_config.dropout,
-    )
-    return EmbeddingModel(backbone, head, freeze_batchnorm=model_config.freeze_batchnorm)
+
+    def backbone() -> Backbone:
+        return build_backbone(
+            model_config.backbone,
+            pretrained=model_config.pretrained,
+            weights=model_config.weights,
+            **model_config.backbone_options,
+        )
+
+    def head(in_features: int) -> EmbeddingHead | HashHead:
+        if model_config.head == "hash":  # K-bit relaxed binary codes, K = embedding_size
+            return HashHead(
+                in_features, model_config.embedding_size, model_config.hash_activation, model_config.pooling
+            )
+        return EmbeddingHead(
+            in_features,
+            embedding_size=model_config.embedding_size,
+            pooling=model_config.pooling,
+            batchnorm=model_config.batchnorm,
+            normalize=model_config.normalize,
+            dropout=model_config.dropout,
+        )
+
+    if config.ensemble is not None:
+        return build_ensemble(
+            backbone, head, config.ensemble.size, model_config.frozen, model_config.freeze_batchnorm
+        )
+    body = backbone()
+    return EmbeddingModel(body, head(body.feature_dim), freeze_batchnorm=model_config.freeze_batchnorm)
 
 
 def build_loss(config: ExperimentConfig, num_classes: int, embedding_size: int) -> losses.MetricLoss:
     """The configured loss; proxy/classification losses get the class count and embedding size."""
     accepted = losses.LOSSES.parameters(config.loss.name)
     provided = {"num_classes": num_classes, "embedding_size": embedding_size}
+    if config.ensemble is not None:
+        size, meta_classes = config.ensemble.size, config.ensemble.meta_classes
+        provided["partitions"] = meta_class_partitions(num_classes, size, meta_classes, config.seed)
     kwargs = {k: v for k, v in provided.items() if k in accepted}
     return losses.get(config.loss.name, **config.loss.params, **kwargs)
+
+
+def build_batch_sampler(config: ExperimentConfig, labels: np.ndarray) -> PKSampler | TupleBatchSampler:
+    """P x K batches (``sampler.mode: pk``), or batches of random pairs or triplets."""
+    sampler = config.sampler
+    if sampler.mode == "pk":
+        return PKSampler(labels, sampler.classes_per_batch, sampler.samples_per_class, seed=config.seed)
+    return TupleBatchSampler(labels, sampler.mode, sampler.tuples_per_batch, seed=config.seed)
+
+
+def batch_indices(sampler: SamplerConfig, labels: torch.Tensor) -> PairIndices | TripletIndices | None:
+    """The pairs or triplets a tuple batch holds, for the loss (None for P x K batches: all pairs)."""
+    return None if sampler.mode == "pk" else tuple_indices(sampler.mode, labels, sampler.tuples_per_batch)
 
 
 def build_miner(config: ExperimentConfig) -> miners.Miner | None:

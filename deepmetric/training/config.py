@@ -32,8 +32,9 @@ class DataConfig:
     train_split: str = "train"
     test_split: str = "test"  # the query split when gallery_split is set
     gallery_split: str | None = None  # query/gallery protocol (In-Shop): e.g. "gallery"
+    query_per_class: int = 0  # keep only this many queries per class (seeded; 0: all), e.g. DeepHash's 100
     validation_classes: float = 0.0  # fraction of training classes held out for model selection
-    augment: str = "standard"  # "standard" (random resized crop + flip) or "none"
+    augment: str = "standard"  # "standard" (random resized crop + flip), "light" (small affine) or "none"
     num_workers: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # extra dataset constructor arguments
 
@@ -51,6 +52,8 @@ class ModelConfig:
     dropout: float = 0.0
     freeze_batchnorm: bool = False
     frozen: bool = False  # frozen-feature mode: cache backbone features once, train the head only
+    head: str = "embedding"  # embedding, or hash: embedding_size-bit codes (deepmetric.hashing.HashHead)
+    hash_activation: str = "tanh"  # hash head relaxation: tanh or sign_ste (straight-through sign)
     feature_cache: str = "~/.cache/deepmetric/features"  # where frozen-mode features are cached
 
 
@@ -66,10 +69,22 @@ class ComponentConfig:
 class SamplerConfig:
     classes_per_batch: int = 8  # P
     samples_per_class: int = 4  # K
+    mode: str = "pk"  # pk (P x K batches), pairs or triplets (random balanced tuples, deepmetric.data.pairs)
+    tuples_per_batch: int = 32  # pairs/triplets modes: pairs or triplets per batch
 
     @property
     def batch_size(self) -> int:
         return self.classes_per_batch * self.samples_per_class
+
+
+@dataclass
+class EnsembleConfig:
+    """DREML (Xuan et al. 2018): ``size`` learners, each classifying its own random grouping of the
+    training classes into ``meta_classes`` meta-classes (with ``loss: dreml``); the embedding concatenates
+    the learners' embeddings."""
+
+    size: int = 12  # D learners
+    meta_classes: int = 12  # L meta-classes per learner
 
 
 @dataclass
@@ -112,6 +127,7 @@ class EvalConfig:
     distance: str = "cosine"  # cosine, dot, euclidean, squared_euclidean
     batch_size: int = 128  # embedding batch size
     save_embeddings: bool = True
+    binarize: bool = False  # evaluate sign(embedding) codes (hashing: ranking by Hamming distance)
 
 
 @dataclass
@@ -121,6 +137,7 @@ class ExperimentConfig:
     output_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    ensemble: EnsembleConfig | None = None  # a DREML ensemble of learners (null: one model)
     loss: ComponentConfig = field(default_factory=lambda: ComponentConfig("triplet"))
     miner: ComponentConfig | None = None
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -326,31 +343,78 @@ def _positive(value: float, key: str, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def _check_ensemble(config: ExperimentConfig, loss_takes_partitions: bool) -> None:
+    ensemble = config.ensemble
+    if ensemble is None:
+        if loss_takes_partitions:
+            raise ConfigError(
+                f"loss.name: {config.loss.name!r} trains an ensemble; add an ensemble section "
+                "(ensemble: {size: D, meta_classes: L})"
+            )
+        return
+    _positive(ensemble.size, "ensemble.size")
+    if ensemble.meta_classes < 2:
+        raise ConfigError(f"ensemble.meta_classes: must be >= 2, got {ensemble.meta_classes}")
+    if not loss_takes_partitions:
+        raise ConfigError(
+            f"loss.name: an ensemble trains its learners on meta-classes with loss dreml, "
+            f"not {config.loss.name!r}"
+        )
+    if config.model.embedding_size == 0:
+        raise ConfigError("model.embedding_size: an ensemble needs each learner's embedding size (> 0)")
+
+
+def _check_tuple_sampling(config: ExperimentConfig) -> None:
+    sampler = config.sampler
+    if sampler.mode not in ("pk", "pairs", "triplets"):
+        raise ConfigError(f"sampler.mode: must be pk, pairs or triplets, got {sampler.mode!r}")
+    _positive(sampler.tuples_per_batch, "sampler.tuples_per_batch")
+    if sampler.mode == "pairs" and sampler.tuples_per_batch < 2:
+        raise ConfigError("sampler.tuples_per_batch: pairs mode needs >= 2 pairs (a positive and a negative)")
+    if sampler.mode != "pk" and config.miner is not None:
+        raise ConfigError(
+            f"miner: sampler.mode={sampler.mode} gives the loss its pairs or triplets; remove the miner"
+        )
+
+
 def validate(config: ExperimentConfig) -> None:
     """Check values and component names/parameters; raises ConfigError naming the key."""
     from deepmetric import data, losses, miners, models  # registries fill on import
+    from deepmetric.data.transforms import AUGMENTATIONS
     from deepmetric.distances import DISTANCES
+    from deepmetric.evaluation import parse_metric
     from deepmetric.training.components import PROVIDED_LOSS_ARGS
 
     if config.data.name not in data.DATASETS:
         raise ConfigError(f"data.name: unknown dataset {config.data.name!r}; choose one of {data.DATASETS.names()}")
     if not 0 <= config.data.validation_classes < 1:
         raise ConfigError(f"data.validation_classes: must be in [0, 1), got {config.data.validation_classes}")
-    if config.data.augment not in ("standard", "none"):
-        raise ConfigError(f"data.augment: must be 'standard' or 'none', got {config.data.augment!r}")
+    if config.data.augment not in AUGMENTATIONS:
+        raise ConfigError(f"data.augment: must be one of {list(AUGMENTATIONS)}, got {config.data.augment!r}")
     _positive(config.data.num_workers, "data.num_workers", allow_zero=True)
-    if config.model.backbone not in models.BACKBONES:
+    _positive(config.data.query_per_class, "data.query_per_class", allow_zero=True)
+    if not models.backbones.is_backbone_name(config.model.backbone):
         raise ConfigError(
             f"model.backbone: unknown backbone {config.model.backbone!r}; choose one of {models.BACKBONES.names()}"
         )
     _positive(config.model.embedding_size, "model.embedding_size", allow_zero=True)
+    if config.model.head not in ("embedding", "hash"):
+        raise ConfigError(f"model.head: must be 'embedding' or 'hash', got {config.model.head!r}")
+    if config.model.hash_activation not in ("tanh", "sign_ste"):
+        raise ConfigError(
+            f"model.hash_activation: must be 'tanh' or 'sign_ste', got {config.model.hash_activation!r}"
+        )
+    if config.model.head == "hash" and not 8 <= config.model.embedding_size <= 256:
+        raise ConfigError(f"model.embedding_size: a hash head takes 8 to 256 bits, got {config.model.embedding_size}")
     if config.model.pooling not in models.head.POOLINGS:
         raise ConfigError(f"model.pooling: must be one of {list(models.head.POOLINGS)}, got {config.model.pooling!r}")
     _check_component("loss", config.loss, losses.LOSSES, PROVIDED_LOSS_ARGS)
+    _check_ensemble(config, "partitions" in losses.LOSSES.parameters(config.loss.name))
     if config.miner is not None:
         _check_component("miner", config.miner, miners.MINERS, set())
     _positive(config.sampler.classes_per_batch, "sampler.classes_per_batch")
     _positive(config.sampler.samples_per_class, "sampler.samples_per_class")
+    _check_tuple_sampling(config)
     if config.optimizer.name not in ("adam", "adamw", "sgd"):
         raise ConfigError(f"optimizer.name: must be adam, adamw or sgd, got {config.optimizer.name!r}")
     _positive(config.optimizer.lr, "optimizer.lr")
@@ -365,6 +429,11 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(f"eval.distance: must be one of {sorted(DISTANCES)}, got {config.eval.distance!r}")
     if not config.eval.metrics:
         raise ConfigError("eval.metrics: give at least one metric")
+    for name in config.eval.metrics:
+        try:
+            parse_metric(name)
+        except ValueError as error:
+            raise ConfigError(f"eval.metrics: {error}") from None
     if config.train.best_metric not in config.eval.metrics:
         raise ConfigError(
             f"train.best_metric: {config.train.best_metric!r} is not among eval.metrics {config.eval.metrics}"

@@ -55,6 +55,16 @@ def split_validation_classes(labels: np.ndarray, fraction: float, seed: int) -> 
     return np.isin(labels, held_out)
 
 
+def per_class_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``per_class`` samples of each class, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.choice(members, size=min(per_class, len(members)), replace=False)
+        for members in (np.flatnonzero(labels == c) for c in np.unique(labels))
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
 def evaluation_splits(config: ExperimentConfig) -> dict[str, str]:
     """Protocol name -> dataset split name."""
     data = config.data
@@ -82,6 +92,10 @@ def build_data(config: ExperimentConfig, backbone: Backbone, device: torch.devic
         evaluation = {name: cached_features(config, backbone, ds, device) for name, ds in evaluation.items()}
     elif data.validation_classes > 0:
         validation_source = load(data.train_split, eval_transform)
+    if data.query_per_class > 0:
+        queries = "query" if "query" in evaluation else "test"
+        keep = per_class_sample(np.asarray(evaluation[queries].labels), data.query_per_class, config.seed)
+        evaluation[queries] = subset(evaluation[queries], keep)
 
     labels = np.asarray(train.labels)
     validation = None

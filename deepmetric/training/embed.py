@@ -20,10 +20,12 @@ def embed_dataset(
     features: bool = False,
     num_workers: int = 0,
     progress: bool = False,
+    binarize: bool = False,
 ) -> np.ndarray:
     """``len(dataset) x embedding_size`` float32 embeddings, in dataset order.
 
-    ``features=True`` means the dataset yields cached backbone features and only the head runs.
+    ``features=True`` means the dataset yields cached backbone features and only the head runs;
+    ``binarize=True`` returns ±1 codes (sign, with 0 -> +1), as stored by a hashing index.
     """
     was_training = model.training
     model.eval()
@@ -32,7 +34,10 @@ def embed_dataset(
     for inputs, _labels in tqdm(loader, desc="embed", disable=not progress, leave=False):
         inputs = inputs.to(device, non_blocking=True)
         output = model.embed_features(inputs) if features else model(inputs)
-        chunks.append(output.float().cpu())
+        output = output.float()
+        if binarize:
+            output = torch.where(output >= 0, 1.0, -1.0)
+        chunks.append(output.cpu())
     model.train(was_training)
     if not chunks:
         raise ValueError("cannot embed an empty dataset")

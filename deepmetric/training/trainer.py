@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from deepmetric import hashing  # noqa: F401  (registers the hashing losses)
 from deepmetric.evaluation import evaluate
 from deepmetric.samplers import PKSampler
+from deepmetric.training import distributed
 from deepmetric.training.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -35,6 +36,8 @@ from deepmetric.training.checkpoint import (
 )
 from deepmetric.training.components import (
     accepts_progress,
+    batch_indices,
+    build_batch_sampler,
     build_loss,
     build_miner,
     build_model,
@@ -109,7 +112,9 @@ class _Batches(torch.utils.data.Sampler):
             for position, batch in enumerate(self.sampler):
                 if position < offset:
                     continue
-                yield [(int(i), derive_seed(self.seed, iteration, j)) for j, i in enumerate(batch)]
+                # seeded by the position in the global batch: ranks draw different augmentations
+                first = self.sampler.rank * self.sampler.batch_size
+                yield [(int(i), derive_seed(self.seed, iteration, first + j)) for j, i in enumerate(batch)]
                 iteration += 1
                 if iteration >= self.stop:
                     return
@@ -122,16 +127,19 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.device = resolve_device(config.train.device)
+        self.device = distributed.setup(resolve_device(config.train.device))  # cuda:LOCAL_RANK under torchrun
         self.checkpoints = self.run_dir / "checkpoints"
         self._prepare_run_dir()
         seed_everything(config.seed)
         self.model = build_model(config).to(self.device)
-        self.data: ExperimentData = build_data(config, self.model.backbone, self.device)
+        with distributed.main_first():  # downloads and feature caches are written once
+            self.data: ExperimentData = build_data(config, self.model.backbone, self.device)
         if self.data.features:
             for parameter in self.model.backbone.parameters():
                 parameter.requires_grad_(False)
         self.loss = build_loss(config, self.data.num_classes, self.model.embedding_size).to(self.device)
+        distributed.broadcast_state(self.loss)
+        self.forward = distributed.parallel_forward(self.model, self.data.features, self.device)
         self.miner = build_miner(config)
         self.optimizer = build_optimizer(config, self.model, self.loss)
         self.scheduler = build_scheduler(config, self.optimizer)
@@ -141,7 +149,7 @@ class Trainer:
         self.iteration = 0
         self.best: dict[str, Any] = {"score": None, "iteration": None}
         self.untrained: dict[str, float] | None = None
-        self.writer = self._tensorboard() if config.train.tensorboard else None
+        self.writer = self._tensorboard() if config.train.tensorboard and distributed.is_main() else None
 
     # ------------------------------------------------------------ run folder and logs
 
@@ -154,6 +162,9 @@ class Trainer:
             )
         if self.resume and not last.exists():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {last}")
+        if not distributed.is_main():  # rank 0 alone writes the run folder
+            self._log_handler: logging.Handler = logging.NullHandler()
+            return
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.run_dir / "config.yaml")
         handler = logging.FileHandler(self.run_dir / "train.log")
@@ -171,6 +182,8 @@ class Trainer:
         return SummaryWriter(self.run_dir / "tensorboard")
 
     def _log_json(self, record: dict[str, Any]) -> None:
+        if not distributed.is_main():
+            return
         with open(self.run_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.writer is not None:
@@ -184,7 +197,7 @@ class Trainer:
     def _truncate_log(self) -> None:
         """Drop log lines written after the checkpoint we resume from (the killed run's lost work)."""
         path = self.run_dir / "log.jsonl"
-        if path.exists():
+        if path.exists() and distributed.is_main():
             kept = [line for line in path.read_text().splitlines() if json.loads(line)["iteration"] <= self.iteration]
             path.write_text("".join(line + "\n" for line in kept))
 
@@ -205,7 +218,9 @@ class Trainer:
         }
 
     def _save(self, name: str) -> None:
-        save_checkpoint(self.checkpoints / name, self._state())
+        if distributed.is_main():
+            save_checkpoint(self.checkpoints / name, self._state())
+        distributed.barrier()  # no rank reads a checkpoint before it is complete
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
@@ -225,22 +240,34 @@ class Trainer:
         options = {"metrics": config.metrics, "distance": config.distance, "device": self.device}
         if name == "validation":
             embeddings = self.embed(self.data.validation)
-            return evaluate(embeddings, self.data.validation.labels, **options)
+            return self._evaluate(embeddings, self.data.validation.labels, **options)
         sets = self.data.evaluation
         if "gallery" in sets:
             query, gallery = self.embed(sets["query"]), self.embed(sets["gallery"])
-            return evaluate(query, sets["query"].labels, gallery, sets["gallery"].labels, **options)
-        return evaluate(self.embed(sets["test"]), sets["test"].labels, **options)
+            return self._evaluate(query, sets["query"].labels, gallery, sets["gallery"].labels, **options)
+        return self._evaluate(self.embed(sets["test"]), sets["test"].labels, **options)
+
+    @staticmethod
+    def _evaluate(*arrays: Any, **options: Any) -> dict[str, float]:
+        """Metrics computed by rank 0 and shared, so that all ranks agree on the best checkpoint."""
+        return distributed.broadcast_object(evaluate(*arrays, **options) if distributed.is_main() else None)
 
     def embed(self, dataset: torch.utils.data.Dataset) -> np.ndarray:
-        return embed_dataset(
-            self.model,
-            dataset,
-            self.device,
-            batch_size=self.config.eval.batch_size,
-            features=self.data.features,
-            num_workers=self.config.data.num_workers,
-        )
+        """Embeddings in dataset order; under torch.distributed each rank embeds a shard."""
+
+        def run(part: torch.utils.data.Dataset) -> np.ndarray:
+            return embed_dataset(
+                self.model,
+                part,
+                self.device,
+                batch_size=self.config.eval.batch_size,
+                features=self.data.features,
+                num_workers=self.config.data.num_workers,
+                binarize=self.config.eval.binarize,
+            )
+
+        distributed.broadcast_state(self.model, parameters=False)  # rank 0's BatchNorm statistics
+        return distributed.embed_in_shards(run, dataset, self.device)
 
     def _evaluate_and_select(self) -> None:
         test = self.evaluate_split("test")
@@ -259,12 +286,7 @@ class Trainer:
     # ------------------------------------------------------------ training
 
     def _loader(self, start: int, stop: int) -> torch.utils.data.DataLoader:
-        sampler = PKSampler(
-            self.data.train_labels,
-            self.config.sampler.classes_per_batch,
-            self.config.sampler.samples_per_class,
-            seed=self.config.seed,
-        )
+        sampler = build_batch_sampler(self.config, self.data.train_labels)  # P x K, or pairs/triplets
         return torch.utils.data.DataLoader(
             _SeededSamples(self.data.train),
             batch_sampler=_Batches(sampler, self.config.seed, start, stop),
@@ -278,9 +300,13 @@ class Trainer:
             torch.autocast(self.device.type, dtype=self.amp_dtype) if self.config.train.amp else nullcontext()
         )
         with autocast:
-            embeddings = self.model.embed_features(inputs) if self.data.features else self.model(inputs)
+            embeddings = self.forward(inputs)
         embeddings = embeddings.float()  # losses run in float32 for stable exponentials
+        # the loss and the miner see the global batch; its loss is not rescaled (distributed.py says why)
+        embeddings, labels = distributed.gather_batch(embeddings, labels)
         indices = self.miner(embeddings, labels) if self.miner is not None else None
+        if indices is None:  # tuple batches (sampler.mode pairs/triplets) carry their own pairs/triplets
+            indices = batch_indices(self.config.sampler, labels)
         loss = self.loss(embeddings, labels, indices)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -288,6 +314,7 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.loss.parameters())
         if self.config.train.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -304,13 +331,20 @@ class Trainer:
             self._truncate_log()
             log.info("resumed from iteration %d", self.iteration)
         else:
-            (self.run_dir / "log.jsonl").write_text("")
+            if distributed.is_main():
+                (self.run_dir / "log.jsonl").write_text("")
             self.untrained = self.evaluate_split("test")
             self._log_json({"iteration": 0, "eval": self.untrained})
             log.info("untrained: %s", _format(self.untrained))
         label_map = torch.as_tensor(self.data.train_labels)
         loader = self._loader(self.iteration, config.iterations)
-        progress = tqdm(total=config.iterations, initial=self.iteration, desc="train", dynamic_ncols=True)
+        progress = tqdm(
+            total=config.iterations,
+            initial=self.iteration,
+            desc="train",
+            dynamic_ncols=True,
+            disable=not distributed.is_main(),
+        )
         started, running = time.time(), []
         for inputs, positions in loader:
             seed_everything(derive_seed(self.config.seed, self.iteration, 2**31))
@@ -361,7 +395,8 @@ class Trainer:
             "selected_on": "validation" if self.data.validation is not None else "test",
             "iterations": self.iteration,
         }
-        write_json(self.run_dir / "metrics.json", metrics)
+        if distributed.is_main():
+            write_json(self.run_dir / "metrics.json", metrics)
         if self.config.eval.save_embeddings:
             self.save_embeddings()
         log.info("trained (%s checkpoint): %s", selected, _format(trained))
@@ -373,11 +408,14 @@ class Trainer:
 
     def save_embeddings(self) -> None:
         folder = self.run_dir / "embeddings"
-        folder.mkdir(exist_ok=True)
+        if distributed.is_main():
+            folder.mkdir(exist_ok=True)
         for name, dataset in self.data.evaluation.items():
             split = self.config.data.test_split if name == "test" else name
-            np.save(folder / f"{split}_embeddings.npy", self.embed(dataset).astype(np.float32))
-            np.save(folder / f"{split}_labels.npy", np.asarray(dataset.labels))
+            embeddings = self.embed(dataset).astype(np.float32)  # every rank embeds its shard
+            if distributed.is_main():
+                np.save(folder / f"{split}_embeddings.npy", embeddings)
+                np.save(folder / f"{split}_labels.npy", np.asarray(dataset.labels))
 
 
 def _format(metrics: dict[str, float]) -> str:

@@ -136,7 +136,8 @@ def markdown_table(summaries: Sequence[GroupSummary], metrics: Sequence[str]) ->
     lines = [header, rule]
     for summary in summaries:
         cells = [f"{summary.mean[m]:.4f} ± {summary.std[m]:.4f}" for m in metrics]
-        lines.append(f"| {summary.group} | {summary.num_runs} | " + " | ".join(cells) + " |")
+        group = summary.group.replace("|", "\\|")  # a bar would split the cell
+        lines.append(f"| {group} | {summary.num_runs} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

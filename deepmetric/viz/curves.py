@@ -140,7 +140,8 @@ def plot_precision_recall(
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, ax: Axes | None = None
 ) -> Figure:
     """Precision against recall, one line per entry ``name: (precision, recall)`` (e.g. per code length
-    in hashing, points over Hamming radii)."""
+    in hashing: ``(result["pr_curve_precision"], result["pr_curve_recall"])`` from
+    :func:`deepmetric.hashing.metrics.evaluate_hashing`, one point per Hamming radius)."""
     figure, ax = figure_and_axes(ax, 5.5, 4.5)
     if not curves:
         raise ValueError("curves is empty")

@@ -26,7 +26,14 @@ import yaml
 from matplotlib.figure import Figure
 from PIL import Image
 
-from deepmetric.viz.curves import metric_at_k, plot_recall_at_k, plot_training_curves, read_log
+from deepmetric.distances import get_distance
+from deepmetric.viz.curves import (
+    metric_at_k,
+    plot_precision_recall,
+    plot_recall_at_k,
+    plot_training_curves,
+    read_log,
+)
 from deepmetric.viz.embedding_map import UMAP_MISSING, plot_embedding_map, sample_indices, umap_available
 from deepmetric.viz.figures import figure_data_uri
 from deepmetric.viz.retrieval_grid import choose_queries, plot_retrieval_grid, plot_worst_queries
@@ -34,8 +41,6 @@ from deepmetric.viz.retrieval_grid import choose_queries, plot_retrieval_grid, p
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
-NUM_QUERIES = 6
-TOP_K = 5
 
 
 @dataclass
@@ -73,9 +78,12 @@ def _read_optional_json(path: Path) -> tuple[dict | None, str | None]:
     if not path.is_file():
         return None, f"{path.name} is missing"
     try:
-        return json.loads(path.read_text()), None
+        content = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         return None, f"{path.name} is not valid JSON: {error}"
+    if not isinstance(content, dict):
+        return None, f"{path.name} must hold a JSON object, got {type(content).__name__}"
+    return content, None
 
 
 def _load_split(
@@ -115,16 +123,19 @@ def _attach_images(item: EmbeddingSet, data_cfg: Mapping) -> None:
             f"{type(error).__name__}: {error}"
         )
         return
-    item.class_names = list(getattr(dataset, "class_names", None) or []) or None
     dataset_labels = np.asarray(dataset.labels)
     if len(dataset_labels) != len(item.labels) or not np.array_equal(dataset_labels, item.labels):
         item.images_missing_reason = (
             f"dataset {name!r} split {item.split!r} has {len(dataset_labels)} items whose labels do not "
-            f"match "
-            f"the {len(item.labels)} saved embeddings (data changed since the run?)"
+            f"match the {len(item.labels)} saved embeddings (data changed since the run?)"
         )
         return
     item.load_image = dataset.load
+    item.class_names = list(getattr(dataset, "class_names", None) or []) or None
+
+
+def _is_curve(value: Any) -> bool:
+    return isinstance(value, list | tuple)
 
 
 def _format_value(value: Any) -> str:
@@ -137,7 +148,10 @@ def metrics_table_html(metrics: Mapping[str, Any]) -> str:
     """Untrained and trained metrics side by side with the difference (trained − untrained)."""
     untrained = metrics.get("untrained") or {}
     trained = metrics.get("trained") or {}
-    names = list(dict.fromkeys([*trained, *untrained]))
+    # curves (e.g. hashing's pr_curve_* arrays) are drawn in the Curves section, not tabulated
+    names = [
+        n for n in dict.fromkeys([*trained, *untrained]) if not _is_curve(trained.get(n, untrained.get(n)))
+    ]
     if not names:
         return _note("metrics.json holds no untrained or trained metrics.", "warn")
     rows = []
@@ -178,6 +192,18 @@ def _curves_section(metrics: Mapping | None, log_path: Path) -> str:
         parts.append(_figure_html(lambda: plot_recall_at_k(by_stage), "Recall@K against K"))
     else:
         parts.append(_note("No recall@K metrics to plot."))
+    pr_curves = {
+        stage: (metrics[stage]["pr_curve_precision"], metrics[stage]["pr_curve_recall"])
+        for stage in ("untrained", "trained")
+        if metrics
+        and isinstance(metrics.get(stage), Mapping)
+        and _is_curve(metrics[stage].get("pr_curve_precision"))
+        and _is_curve(metrics[stage].get("pr_curve_recall"))
+    }
+    if pr_curves:
+        parts.append(
+            _figure_html(lambda: plot_precision_recall(pr_curves), "Precision-recall (Hamming radii)")
+        )
     if not log_path.is_file():
         parts.append(_note("log.jsonl is missing: no training curves."))
     else:
@@ -220,13 +246,19 @@ def _embedding_map_section(item: EmbeddingSet, max_points: int, seed: int) -> st
 
 
 def _retrieval_section(
-    query: EmbeddingSet, gallery: EmbeddingSet | None, distance: str, max_points: int, seed: int
+    query: EmbeddingSet,
+    gallery: EmbeddingSet | None,
+    distance: str,
+    max_points: int,
+    seed: int,
+    num_queries: int,
+    top_k: int,
 ) -> str:
     images_missing = [s for s in (query, gallery) if s is not None and s.load_image is None]
     if images_missing:
         return _note(f"No retrieval grids: {images_missing[0].images_missing_reason}", "warn")
     searchable = len(gallery.labels) if gallery is not None else len(query.labels) - 1
-    k = min(TOP_K, searchable)
+    k = min(top_k, searchable)
     if k < 1:
         return _note("No retrieval grids: the gallery is too small.", "warn")
     gallery_args = (
@@ -238,9 +270,14 @@ def _retrieval_section(
     where = (
         f"among the {gallery.name} set" if gallery is not None else "among the other items (leave-one-out)"
     )
+    try:
+        is_similarity = get_distance(distance).is_similarity
+    except ValueError as error:
+        return _note(f"No retrieval grids: {error}", "warn")
+    closer = "similarity, larger is closer" if is_similarity else "distance, smaller is closer"
     intro = (
-        f"<p>Top-{k} results {where} by {_esc(distance)}; green frame: same class as the query, red: other "
-        "class. The number under each result is its score.</p>"
+        f"<p>Top-{k} results {where}. Green frame: same class as the query; red: another class. Under each "
+        f"result: its {_esc(distance)} score ({closer}) and its class.</p>"
     )
     random_grid = _figure_html(
         lambda: plot_retrieval_grid(
@@ -248,7 +285,7 @@ def _retrieval_section(
             query.labels,
             query.load_image,
             *gallery_args,
-            queries=candidates[choose_queries(len(candidates), NUM_QUERIES, seed)],
+            queries=candidates[choose_queries(len(candidates), num_queries, seed)],
             k=k,
             distance=distance,
             class_names=query.class_names,
@@ -262,7 +299,7 @@ def _retrieval_section(
             query.labels,
             query.load_image,
             *gallery_args,
-            num_queries=NUM_QUERIES,
+            num_queries=num_queries,
             k=k,
             distance=distance,
             class_names=query.class_names,
@@ -307,11 +344,14 @@ def render_page(title: str, subtitle: str, sections: list[tuple[str, str, str]])
     )
 
 
-def write_report(run_dir: str | Path, *, max_points: int = 2000, seed: int = 0) -> Path:
+def write_report(
+    run_dir: str | Path, *, max_points: int = 2000, seed: int = 0, num_queries: int = 6, top_k: int = 5
+) -> Path:
     """Write ``run_dir/report.html`` from the run folder and return its path.
 
     ``max_points`` caps the embeddings drawn on the map and searched for worst queries (a seeded sample,
-    ``seed``); retrieval always searches the full gallery.
+    ``seed``); retrieval always searches the full gallery. The grids show ``num_queries`` random queries and
+    as many worst queries, each with its ``top_k`` results.
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
@@ -321,7 +361,7 @@ def write_report(run_dir: str | Path, *, max_points: int = 2000, seed: int = 0) 
     if not isinstance(config, Mapping):
         raise ValueError(f"{config_path} must hold a YAML mapping, got {type(config).__name__}")
     data_cfg = config.get("data") or {}
-    distance = (config.get("eval") or {}).get("distance") or "euclidean"
+    distance = (config.get("eval") or {}).get("distance") or "cosine"  # evaluation's default
 
     metrics, metrics_problem = _read_optional_json(run_dir / "metrics.json")
     sections = [
@@ -337,12 +377,13 @@ def write_report(run_dir: str | Path, *, max_points: int = 2000, seed: int = 0) 
 
     test_split = data_cfg.get("test_split") or "test"
     gallery_split = data_cfg.get("gallery_split")
-    query_names = [test_split] if gallery_split is None else list(dict.fromkeys([test_split, "query"]))
+    # the trainer saves "<test_split>" embeddings, or "query" and "gallery" ones in that protocol
+    query_names = [test_split] if gallery_split is None else list(dict.fromkeys(["query", test_split]))
     query, query_problem = _load_split(run_dir, data_cfg, query_names, test_split)
     gallery, gallery_problem = None, None
     if gallery_split is not None:
         gallery, gallery_problem = _load_split(
-            run_dir, data_cfg, list(dict.fromkeys([gallery_split, "gallery"])), gallery_split
+            run_dir, data_cfg, list(dict.fromkeys(["gallery", gallery_split])), gallery_split
         )
     if query is None:
         embedding_html = _note(f"No embedding map: {query_problem}.", "warn")
@@ -352,7 +393,9 @@ def write_report(run_dir: str | Path, *, max_points: int = 2000, seed: int = 0) 
         if gallery_split is not None and gallery is None:
             retrieval_html = _note(f"No retrieval grids: {gallery_problem}.", "warn")
         else:
-            retrieval_html = _retrieval_section(query, gallery, distance, max_points, seed)
+            retrieval_html = _retrieval_section(
+                query, gallery, distance, max_points, seed, num_queries, top_k
+            )
     sections += [
         ("embeddings", "Embedding map", embedding_html),
         ("retrieval", "Retrieval examples", retrieval_html),

@@ -36,6 +36,11 @@ def _class_name(label: np.ndarray, class_names: Sequence[str] | None) -> str:
     return class_names[int(label)] if class_names is not None else str(int(label))
 
 
+def score_text(value: float) -> str:
+    """3 decimals for similarities and small distances, 1 for large distances (raw pixel spaces)."""
+    return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+
+
 def _draw_tile(ax: Axes, image: Image.Image, color: str, caption: str) -> None:
     array = image_array(image, _TILE_PX)
     if array.ndim == 2:
@@ -132,7 +137,7 @@ def plot_retrieval_grid(
         for c in range(k):
             item = int(indices[r, c])
             is_right = bool(right[r, item])
-            caption = f"{dist.name} {scores[r, c]:.4g}\n{_class_name(g_labels_np[item], class_names)}"
+            caption = f"{dist.name} {score_text(scores[r, c])}\n{_class_name(g_labels_np[item], class_names)}"
             _draw_tile(axes[r, c + 1], load_result(item), RIGHT_COLOR if is_right else WRONG_COLOR, caption)
     for c in range(k + 1):
         axes[0, c].set_title("query" if c == 0 else f"#{c}", fontsize=9)
