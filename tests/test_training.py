@@ -50,8 +50,13 @@ def test_run_folder_contents(tmp_path):
     assert [line["iteration"] for line in evals] == [0, 6, 12]
 
 
-def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch):
-    train(tiny_config(), tmp_path / "straight")
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["loss.name=triplet", "miner.name=random_negative"]],
+    ids=["contrastive", "triplet+random_negative"],
+)
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch, extra):
+    train(tiny_config(*extra), tmp_path / "straight")
 
     real_step = Trainer._step
 
@@ -62,7 +67,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "_step", crashing_step)
     with pytest.raises(RuntimeError, match="simulated kill"):
-        train(tiny_config(), tmp_path / "crashed")
+        train(tiny_config(*extra), tmp_path / "crashed")
     assert torch.load(tmp_path / "crashed/checkpoints/last.pt", weights_only=False)["iteration"] == 8
     monkeypatch.setattr(Trainer, "_step", real_step)
     resume(tmp_path / "crashed")

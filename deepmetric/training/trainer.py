@@ -214,7 +214,20 @@ class Trainer:
             "best": self.best,
             "untrained": self.untrained,
             "rng": rng_state(),
+            "generators": {name: g.get_state() for name, g in self._generators().items()},
             "config": self.config,
+        }
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        """Random generators owned by the miner or the loss (e.g. random-negative mining): checkpointed so
+        that a resumed run draws what an uninterrupted one would."""
+        owners = {"miner": self.miner, "loss": self.loss}
+        return {
+            f"{owner}.{attribute}": value
+            for owner, module in owners.items()
+            if module is not None
+            for attribute, value in vars(module).items()
+            if isinstance(value, torch.Generator)
         }
 
     def _save(self, name: str) -> None:
@@ -231,6 +244,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best, self.untrained = state["iteration"], state["best"], state["untrained"]
         set_rng_state(state["rng"])
+        for name, generator in self._generators().items():
+            generator.set_state(state["generators"][name])
 
     # ------------------------------------------------------------ evaluation
 
