@@ -60,7 +60,12 @@ def test_grid_expansion_and_run_folders(tmp_path):
     folders = sorted(str(s.run_dir.relative_to(tmp_path)) for s in specs)
     assert folders == sorted(
         ["untrained/seed0", "untrained/seed1"]  # sets embedding_size itself: not varied
-        + [f"{m}/model.embedding_size={e}/seed{s}" for m in ("contrastive", "semihard") for e in (8, 16) for s in (0, 1)]
+        + [
+            f"{m}/model.embedding_size={e}/seed{s}"
+            for m in ("contrastive", "semihard")
+            for e in (8, 16)
+            for s in (0, 1)
+        ]
     )
     by_folder = {str(s.run_dir.relative_to(tmp_path)): s.config for s in specs}
     config = by_folder["semihard/model.embedding_size=8/seed1"]
@@ -75,7 +80,10 @@ def test_grid_expansion_and_run_folders(tmp_path):
     with pytest.raises(ConfigError, match="no method 'nope'"):
         expand_grid(suite, tmp_path, only=["nope"])
     with pytest.raises(ConfigError, match="loss"):
-        expand_grid(suite_from_dict({"base": BASE, "methods": {"bad": {"overrides": {"loss.name": "tripletx"}}}}), tmp_path)
+        expand_grid(
+            suite_from_dict({"base": BASE, "methods": {"bad": {"overrides": {"loss.name": "tripletx"}}}}),
+            tmp_path,
+        )
     with pytest.raises(ConfigError, match="seeds"):
         suite_from_dict({"base": BASE, "methods": METHODS, "seeds": [0, 0]})
 
@@ -101,7 +109,10 @@ def test_aggregation_mean_and_std_from_known_values(tmp_path):
         assert row.summary.std["recall@1"] == pytest.approx(np.std(values, ddof=1))
         assert row.summary.std["recall@4"] == pytest.approx(0.0)
     table = markdown_table(rows, [])
-    assert "| Contrastive | yes | 0.8 | 40.0 ± 0.0 | 60.0 ± 10.0 | 90.0 ± 0.0 | 30.0 ± 5.0 | 4 | 4 | 3 |" in table
+    assert (
+        "| Contrastive | yes | 0.8 | 40.0 ± 0.0 | 60.0 ± 10.0 | 90.0 ± 0.0 | 30.0 ± 5.0 | 4 | 4 | 3 |"
+        in table
+    )
     assert "| Triplet (semi-hard) | yes | 0.2 | 40.0 ± 0.0 | 30.0 ± 17.3 |" in table
     parsed = list(csv.DictReader(io.StringIO(csv_table(rows, [], ["recall@1"]))))
     assert parsed[1]["method"] == "semihard" and parsed[1]["seeds"] == "0 1 2"
@@ -121,7 +132,8 @@ def test_suite_end_to_end_skip_and_resume(tmp_path, monkeypatch):
     assert "| Untrained |" in markdown and "| Contrastive |" in markdown
     rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     seed_values = [
-        json.loads((out / f"contrastive/seed{s}/metrics.json").read_text())["trained"]["recall@1"] for s in (0, 1)
+        json.loads((out / f"contrastive/seed{s}/metrics.json").read_text())["trained"]["recall@1"]
+        for s in (0, 1)
     ]
     assert float(rows[1]["recall@1_mean"]) == pytest.approx(np.mean(seed_values), abs=1e-6)
     assert (out / "bars.png").stat().st_size > 1000
@@ -157,7 +169,12 @@ def test_suite_end_to_end_skip_and_resume(tmp_path, monkeypatch):
 
 
 def test_selection_uses_validation_scores_and_applies_the_winner(tmp_path):
-    select = {"validation_classes": 0.4, "seeds": [0], "grid": {"optimizer.lr": [1e-9, 0.01]}, "eval_every": 2}
+    select = {
+        "validation_classes": 0.4,
+        "seeds": [0],
+        "grid": {"optimizer.lr": [1e-9, 0.01]},
+        "eval_every": 2,
+    }
     suite = tiny_suite(seeds=[0], select=select)
     selected = run_selection(suite, tmp_path, only=["untrained", "contrastive"], announce=lambda _: None)
     assert list(selected) == ["contrastive"]  # the untrained baseline trains nothing: nothing to select
@@ -196,7 +213,9 @@ def test_pml_adapter_matches_pml_and_trains():
     labels = torch.arange(4).repeat_interleave(4)
     miner = miners.get("pml:TripletMarginMiner", margin=0.2, type_of_triplets="semihard")
     loss = losses.get("pml:TripletMarginLoss", margin=0.2)
-    reference_indices = pml_miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")(embeddings, labels)
+    reference_indices = pml_miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")(
+        embeddings, labels
+    )
     indices = miner(embeddings, labels)
     assert all(torch.equal(a, b) for a, b in zip(indices, reference_indices))
     expected = pml_losses.TripletMarginLoss(margin=0.2)(embeddings, labels, reference_indices)

@@ -202,6 +202,18 @@ def test_dreml_runs_train(tmp_path, frozen, size):
     assert all(math.isfinite(v) for v in losses) and len(losses) == 1
     backbone_keys = [k for k in state["model"] if k.startswith("backbone.")]
     assert any(f".members.{size - 1}." in k for k in backbone_keys) != frozen  # D backbones, or one shared
+    if frozen:  # the saved ensemble embeds images again as in training (frozen features = pooled maps)
+        from deepmetric.data import get_dataset
+        from deepmetric.data.transforms import build_transform
+        from deepmetric.training import embed_dataset, load_model
+
+        model = load_model(tmp_path / "run")
+        assert isinstance(model, EnsembleModel) and model.embedding_size == size * 8
+        dataset = get_dataset(
+            "digits", split="test", transform=build_transform(model.input_spec, train=False)
+        )
+        saved = np.load(tmp_path / "run/embeddings/test_embeddings.npy")
+        np.testing.assert_allclose(embed_dataset(model, dataset), saved, atol=1e-5)
 
 
 def test_classification_baseline_run_with_knn_accuracy(tmp_path):

@@ -68,7 +68,20 @@ def build_rows(specs: Sequence[RunSpec], metrics: Sequence[str]) -> list[Row]:
     grouped: dict[str, list[RunSpec]] = {}
     for spec in finished:
         grouped.setdefault(row_key(spec), []).append(spec)
-    return [Row(group, summaries[key]) for key, group in grouped.items()]
+    rows = [Row(group, summaries[key]) for key, group in grouped.items()]
+    # each PML row right under the deepmetric row of the same method and point
+    order = {
+        (r.first.method.key, tuple(r.first.point.items())): i
+        for i, r in enumerate(rows)
+        if r.first.implementation != "pml"
+    }
+    return sorted(
+        rows,
+        key=lambda r: (
+            order.get((r.first.method.key, tuple(r.first.point.items())), len(rows)),
+            r.first.implementation == "pml",
+        ),
+    )
 
 
 def _cell(row: Row, metric: str) -> str:
@@ -78,8 +91,20 @@ def _cell(row: Row, metric: str) -> str:
 
 
 def markdown_table(rows: Sequence[Row], vary: Sequence[str]) -> str:
-    header = ["Method", *vary, "Normalized", "Margin", *TABLE_METRICS, "# classes", "# samples per class", "Seeds"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * (1 + len(vary) + 2) + "---:|" * (len(header) - 3 - len(vary))]
+    header = [
+        "Method",
+        *vary,
+        "Normalized",
+        "Margin",
+        *TABLE_METRICS,
+        "# classes",
+        "# samples per class",
+        "Seeds",
+    ]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * (1 + len(vary) + 2) + "---:|" * (len(header) - 3 - len(vary)),
+    ]
     for row in rows:
         config = row.first.config
         cells = [
@@ -129,16 +154,20 @@ def csv_table(rows: Sequence[Row], vary: Sequence[str], metrics: Sequence[str]) 
 
 def pml_table(rows: Sequence[Row]) -> str:
     """deepmetric and PML side by side for the methods run with both (same protocol and seeds)."""
-    ours = {(r.first.method.key, tuple(r.first.point.items())): r for r in rows if r.first.implementation != "pml"}
+    ours = {
+        (r.first.method.key, tuple(r.first.point.items())): r for r in rows if r.first.implementation != "pml"
+    }
     pairs = [
         (ours[key], r)
         for r in rows
-        if r.first.implementation == "pml" and (key := (r.first.method.key, tuple(r.first.point.items()))) in ours
+        if r.first.implementation == "pml"
+        and (key := (r.first.method.key, tuple(r.first.point.items()))) in ours
     ]
     if not pairs:
         return ""
     lines = [
-        "| Method | R@1 deepmetric | R@1 PML | MAP@R deepmetric | MAP@R PML | train s deepmetric | train s PML | ratio |",
+        "| Method | R@1 deepmetric | R@1 PML | MAP@R deepmetric | MAP@R PML "
+        "| train s deepmetric | train s PML | time deepmetric / PML |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for a, b in pairs:
@@ -238,7 +267,9 @@ def write_results(
         parts.append("| Method | chosen | validation score |\n|---|---|---:|\n")
         for key, choice in selected.items():
             chosen = ", ".join(f"{k}={format_value(v)}" for k, v in choice["overrides"].items())
-            parts.append(f"| {key} | {chosen} | {choice['metric']} {100 * choice['validation_score']:.1f} |\n")
+            parts.append(
+                f"| {key} | {chosen} | {choice['metric']} {100 * choice['validation_score']:.1f} |\n"
+            )
     paths = {"markdown": out_dir / "results.md", "csv": out_dir / "results.csv"}
     paths["markdown"].write_text("\n".join(parts))
     paths["csv"].write_text(csv_table(rows, vary, metrics))

@@ -8,7 +8,7 @@ are chosen on classes held out of the *training* classes, never on the test clas
       validation_classes: 0.25     # fraction of the training classes held out (data.validation_classes)
       seeds: [0]                   # seeds of the selection runs (scores are averaged over them)
       metric: recall@1             # default: base train.best_metric
-      eval_every: 100              # validation is evaluated every N iterations (default: base train.eval_every)
+      eval_every: 100              # evaluate validation every N iterations (default: train.eval_every)
       iterations: true             # also pick the iteration count: the best validation checkpoint's
       grid:                        # tried for every method (every combination)
         optimizer.lr: [1e-4, 1e-3]
@@ -47,7 +47,9 @@ def _grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
-def selection_specs(suite: Suite, out_dir: Path, only: list[str] | None = None) -> dict[str, list[tuple[dict, RunSpec]]]:
+def selection_specs(
+    suite: Suite, out_dir: Path, only: list[str] | None = None
+) -> dict[str, list[tuple[dict, RunSpec]]]:
     """Per method, its (candidate overrides, run spec) pairs."""
     select = suite.select or {}
     unknown = sorted(set(select) - SELECT_KEYS)
@@ -99,7 +101,7 @@ def choose(candidates: list[tuple[dict, RunSpec]], metric: str, pick_iterations:
     best = max(scores, key=lambda k: np.mean(scores[k]))  # max keeps the first of equal scores
     chosen = dict(by_key[best])
     if pick_iterations:
-        chosen["train.iterations"] = int(round(float(np.mean(iterations[best]))))
+        chosen["train.iterations"] = round(float(np.mean(iterations[best])))
     return {
         "overrides": chosen,
         "validation_score": float(np.mean(scores[best])),

@@ -110,7 +110,9 @@ def merge(base: dict[str, Any], overrides: dict[str, Any], top: bool = True) -> 
     """``overrides`` deep-merged into a copy of ``base`` (component sections with a name replace)."""
     result = copy.deepcopy(base)
     for key, value in expand_dotted(overrides).items():
-        replaces = top and key in COMPONENT_SECTIONS and (value is None or isinstance(value, str) or "name" in value)
+        replaces = (
+            top and key in COMPONENT_SECTIONS and (value is None or isinstance(value, str) or "name" in value)
+        )
         if replaces or not isinstance(value, dict) or not isinstance(result.get(key), dict):
             result[key] = copy.deepcopy(value)
         else:
@@ -168,7 +170,11 @@ def suite_from_dict(values: dict[str, Any], default_name: str = "suite") -> Suit
     if not isinstance(methods, dict) or not methods:
         raise ConfigError("methods: give at least one method (a mapping of name -> overrides)")
     seeds = values.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise ConfigError(f"seeds: expected a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: {seeds} lists a seed twice")
