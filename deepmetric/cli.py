@@ -61,7 +61,11 @@ def cmd_embed(args: argparse.Namespace) -> None:
     for name, dataset in data.evaluation.items():
         split = config.data.test_split if name == "test" else name
         embeddings = embed_dataset(
-            model, dataset, batch_size=config.eval.batch_size, features=data.features, binarize=config.eval.binarize
+            model,
+            dataset,
+            batch_size=config.eval.batch_size,
+            features=data.features,
+            binarize=config.eval.binarize,
         )
         np.save(folder / f"{split}_embeddings.npy", embeddings)
         np.save(folder / f"{split}_labels.npy", np.asarray(dataset.labels))
@@ -91,7 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, float]:
         labels = _load_array(args.labels, "labels")
         gallery = _load_array(args.gallery_embeddings, "gallery embeddings")
         gallery_labels = _load_array(args.gallery_labels, "gallery labels")
-        metrics = args.metrics.split(",") if args.metrics else list(DEMO_METRICS) + ["map@r", "r_precision"]
+        metrics = args.metrics.split(",") if args.metrics else [*DEMO_METRICS, "map@r", "r_precision"]
         distance = args.distance or "cosine"
     elif args.run:
         from deepmetric.training.config import load_config
@@ -99,12 +103,11 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, float]:
         run_dir = Path(args.run)
         config = load_config(run_dir / "config.yaml")
         folder = run_dir / "embeddings"
-        if config.data.gallery_split is None:
-            names = (config.data.test_split, None)
-        else:
-            names = ("query", "gallery")
+        names = (config.data.test_split, None) if config.data.gallery_split is None else ("query", "gallery")
         if not (folder / f"{names[0]}_embeddings.npy").exists():
-            raise FileNotFoundError(f"no saved embeddings in {folder}; run `deepmetric embed {run_dir}` first")
+            raise FileNotFoundError(
+                f"no saved embeddings in {folder}; run `deepmetric embed {run_dir}` first"
+            )
         query = np.load(folder / f"{names[0]}_embeddings.npy")
         labels = np.load(folder / f"{names[0]}_labels.npy")
         gallery = np.load(folder / "gallery_embeddings.npy") if names[1] else None
@@ -224,7 +227,9 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deepmetric", description="Deep metric learning and image retrieval.")
+    parser = argparse.ArgumentParser(
+        prog="deepmetric", description="Deep metric learning and image retrieval."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -235,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a config")
     add_config_args(p, required=False)
-    p.add_argument("--resume", action="store_true", help="continue the run in the run folder from its last checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in the run folder from its last checkpoint"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="train, embed, evaluate and write the report in one go")

@@ -19,8 +19,18 @@ def saved_embeddings(tmp_path):
 
 def test_evaluate_saved_embeddings_json(saved_embeddings, capsys):
     d = saved_embeddings
-    code = main(["evaluate", "--embeddings", str(d / "e.npy"), "--labels", str(d / "l.npy"), "--json",
-                 "--metrics", "recall@1,map@r"])
+    code = main(
+        [
+            "evaluate",
+            "--embeddings",
+            str(d / "e.npy"),
+            "--labels",
+            str(d / "l.npy"),
+            "--json",
+            "--metrics",
+            "recall@1,map@r",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"recall@1", "map@r"}
@@ -29,9 +39,20 @@ def test_evaluate_saved_embeddings_json(saved_embeddings, capsys):
 
 def test_evaluate_query_gallery(saved_embeddings, capsys):
     d = saved_embeddings
-    args = ["evaluate", "--embeddings", str(d / "e.npy"), "--labels", str(d / "l.npy"),
-            "--gallery-embeddings", str(d / "e.npy"), "--gallery-labels", str(d / "l.npy"),
-            "--metrics", "recall@1", "--json"]
+    args = [
+        "evaluate",
+        "--embeddings",
+        str(d / "e.npy"),
+        "--labels",
+        str(d / "l.npy"),
+        "--gallery-embeddings",
+        str(d / "e.npy"),
+        "--gallery-labels",
+        str(d / "l.npy"),
+        "--metrics",
+        "recall@1",
+        "--json",
+    ]
     assert main(args) == 0
     # the gallery holds each query itself, at distance 0
     assert json.loads(capsys.readouterr().out)["recall@1"] == 1.0

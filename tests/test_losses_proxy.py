@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-from tests import loss_references_proxy as ref
 import pytest
 import torch
 from torch.func import functional_call
@@ -14,6 +13,7 @@ from torch.func import functional_call
 import deepmetric.losses as losses_pkg
 from deepmetric.distances import SquaredEuclideanDistance
 from deepmetric.losses.facility_location import clustering_nmi, greedy_loss_augmented_medoids
+from tests import loss_references_proxy as ref
 
 NUM_CLASSES, DIM = 5, 6
 PARAM_LOSSES = ["proxy_nca", "proxy_anchor", "normalized_softmax", "arcface", "cosface", "soft_triple"]

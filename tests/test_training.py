@@ -38,7 +38,14 @@ def log_without_times(run_dir):
 def test_run_folder_contents(tmp_path):
     metrics = train(tiny_config(), tmp_path / "run")
     run = tmp_path / "run"
-    for name in ("config.yaml", "metrics.json", "log.jsonl", "train.log", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "log.jsonl",
+        "train.log",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (run / name).is_file(), name
     saved = json.loads((run / "metrics.json").read_text())
     assert set(saved["untrained"]) == set(saved["trained"]) == {"recall@1", "nmi"}
@@ -92,7 +99,10 @@ def test_refuses_to_overwrite_and_to_resume_nothing(tmp_path):
 
 def test_validation_classes_select_best_checkpoint(tmp_path):
     config = tiny_config(
-        "data.validation_classes=0.4", "sampler.classes_per_batch=3", "train.iterations=4", "train.eval_every=2"
+        "data.validation_classes=0.4",
+        "sampler.classes_per_batch=3",
+        "train.iterations=4",
+        "train.eval_every=2",
     )
     metrics = train(config, tmp_path / "run")
     assert metrics["selected_on"] == "validation" and metrics["trained_checkpoint"] == "best"

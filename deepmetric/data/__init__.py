@@ -23,4 +23,12 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["DATASETS", "ArrayDataset", "ImageFileDataset", "LabeledDataset", "get_dataset", "load_image", "subset"]
+__all__ = [
+    "DATASETS",
+    "ArrayDataset",
+    "ImageFileDataset",
+    "LabeledDataset",
+    "get_dataset",
+    "load_image",
+    "subset",
+]

@@ -112,7 +112,11 @@ def subset(dataset: LabeledDataset, keep: np.ndarray) -> torch.utils.data.Subset
 
 
 def get_dataset(
-    name: str, root: str | Path | None = None, split: str = "train", transform: Callable | None = None, **kwargs
+    name: str,
+    root: str | Path | None = None,
+    split: str = "train",
+    transform: Callable | None = None,
+    **kwargs,
 ) -> LabeledDataset:
     """Build the dataset registered as ``name`` (``cub200``, ``cars196``, ``sop``, ``inshop``, ``cifar10``, ...)."""
     return DATASETS.build(name, root=root, split=split, transform=transform, **kwargs)

@@ -36,7 +36,9 @@ class InputSpec:
 class Backbone(nn.Module):
     """A feature extractor: ``forward(images) -> (N, feature_dim)`` (or a feature map when ``pooling`` is off)."""
 
-    def __init__(self, body: nn.Module, feature_dim: int, input_spec: InputSpec, spatial: bool = True) -> None:
+    def __init__(
+        self, body: nn.Module, feature_dim: int, input_spec: InputSpec, spatial: bool = True
+    ) -> None:
         super().__init__()
         self.body = body
         self.feature_dim = feature_dim
@@ -49,7 +51,11 @@ class Backbone(nn.Module):
 
 @BACKBONES.register("small_cnn")
 def small_cnn(
-    pretrained: bool = False, weights: str | None = None, in_channels: int = 1, image_size: int = 16, width: int = 32
+    pretrained: bool = False,
+    weights: str | None = None,
+    in_channels: int = 1,
+    image_size: int = 16,
+    width: int = 32,
 ) -> Backbone:
     """A small convolutional network for tiny grey images (the demo's 8x8 digits, MNIST-sized inputs)."""
     if pretrained or weights:
@@ -66,7 +72,9 @@ def small_cnn(
         nn.BatchNorm2d(2 * width),
         nn.ReLU(inplace=True),
     )
-    spec = InputSpec(image_size=image_size, resize_size=image_size, channels=in_channels, mean=(0.5,), std=(0.5,))
+    spec = InputSpec(
+        image_size=image_size, resize_size=image_size, channels=in_channels, mean=(0.5,), std=(0.5,)
+    )
     return Backbone(body, 2 * width, spec)
 
 

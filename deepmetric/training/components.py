@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from deepmetric import losses, miners
-from deepmetric.hashing import HashHead
 from deepmetric.data.pairs import TupleBatchSampler, tuple_indices
+from deepmetric.hashing import HashHead
 from deepmetric.masks import PairIndices, TripletIndices
 from deepmetric.models import Backbone, EmbeddingHead, EmbeddingModel, build_backbone
 from deepmetric.models.ensemble import build_ensemble, meta_class_partitions
@@ -93,7 +93,9 @@ def build_optimizer(
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
     head_params = [p for p in model.head.parameters() if p.requires_grad]
     if backbone_params:
-        groups.append({"params": backbone_params, "lr": opt.backbone_lr if opt.backbone_lr is not None else opt.lr})
+        groups.append(
+            {"params": backbone_params, "lr": opt.backbone_lr if opt.backbone_lr is not None else opt.lr}
+        )
     if head_params:
         groups.append({"params": head_params, "lr": opt.lr})
     loss_params = [p for p in loss.parameters() if p.requires_grad]
@@ -123,10 +125,15 @@ def lr_factor(config: ExperimentConfig, iteration: int) -> float:
     return low + (1 - low) * (1 - progress)  # linear
 
 
-def build_scheduler(config: ExperimentConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    config: ExperimentConfig, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(config, it))
 
 
 def accepts_progress(loss: torch.nn.Module) -> bool:
     """Losses with a schedule of their own (e.g. hashing's quantization weight) expose ``set_progress``."""
-    return callable(getattr(loss, "set_progress", None)) and len(inspect.signature(loss.set_progress).parameters) == 2
+    return (
+        callable(getattr(loss, "set_progress", None))
+        and len(inspect.signature(loss.set_progress).parameters) == 2
+    )

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import operator
 import types
 import typing
 from dataclasses import dataclass, field
@@ -154,7 +156,7 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+        return (rest[0] if len(rest) == 1 else functools.reduce(operator.or_, rest)), True
     return tp, False
 
 
@@ -290,11 +292,15 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             if child is None and depth == 0 and part == "miner" and path[1] != "name":
                 raise ConfigError(f"{'.'.join(path)}: no miner is configured; set miner.name first")
             if child is None:
-                child = node[part] = {"name": ExperimentConfig().loss.name} if (depth, part) == (0, "loss") else {}
+                child = node[part] = (
+                    {"name": ExperimentConfig().loss.name} if (depth, part) == (0, "loss") else {}
+                )
             if isinstance(child, str) and path[0] in ("loss", "miner") and depth == 0:
                 child = node[part] = {"name": child}
             if not isinstance(child, dict):
-                raise ConfigError(f"{'.'.join(path[: depth + 1])} is not a section; cannot set {'.'.join(path)}")
+                raise ConfigError(
+                    f"{'.'.join(path[: depth + 1])} is not a section; cannot set {'.'.join(path)}"
+                )
             node = child
         node[path[-1]] = value
     return values
@@ -386,7 +392,9 @@ def validate(config: ExperimentConfig) -> None:
     from deepmetric.training.components import PROVIDED_LOSS_ARGS
 
     if config.data.name not in data.DATASETS:
-        raise ConfigError(f"data.name: unknown dataset {config.data.name!r}; choose one of {data.DATASETS.names()}")
+        raise ConfigError(
+            f"data.name: unknown dataset {config.data.name!r}; choose one of {data.DATASETS.names()}"
+        )
     if not 0 <= config.data.validation_classes < 1:
         raise ConfigError(f"data.validation_classes: must be in [0, 1), got {config.data.validation_classes}")
     if config.data.augment not in AUGMENTATIONS:
@@ -405,9 +413,13 @@ def validate(config: ExperimentConfig) -> None:
             f"model.hash_activation: must be 'tanh' or 'sign_ste', got {config.model.hash_activation!r}"
         )
     if config.model.head == "hash" and not 8 <= config.model.embedding_size <= 256:
-        raise ConfigError(f"model.embedding_size: a hash head takes 8 to 256 bits, got {config.model.embedding_size}")
+        raise ConfigError(
+            f"model.embedding_size: a hash head takes 8 to 256 bits, got {config.model.embedding_size}"
+        )
     if config.model.pooling not in models.head.POOLINGS:
-        raise ConfigError(f"model.pooling: must be one of {list(models.head.POOLINGS)}, got {config.model.pooling!r}")
+        raise ConfigError(
+            f"model.pooling: must be one of {list(models.head.POOLINGS)}, got {config.model.pooling!r}"
+        )
     _check_component("loss", config.loss, losses.LOSSES, PROVIDED_LOSS_ARGS)
     _check_ensemble(config, "partitions" in losses.LOSSES.parameters(config.loss.name))
     if config.miner is not None:

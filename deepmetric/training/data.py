@@ -45,7 +45,7 @@ def contiguous(labels: np.ndarray) -> np.ndarray:
 def split_validation_classes(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of the samples whose class is held out for validation (a seeded class subset)."""
     classes = np.unique(labels)
-    count = int(round(fraction * len(classes)))
+    count = round(fraction * len(classes))
     if fraction > 0 and not 2 <= count <= len(classes) - 2:
         raise ValueError(
             f"data.validation_classes={fraction} holds out {count} of {len(classes)} training classes; "

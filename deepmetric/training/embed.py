@@ -29,7 +29,9 @@ def embed_dataset(
     """
     was_training = model.training
     model.eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers
+    )
     chunks = []
     for inputs, _labels in tqdm(loader, desc="embed", disable=not progress, leave=False):
         inputs = inputs.to(device, non_blocking=True)

@@ -62,7 +62,9 @@ def resolve_device(name: str) -> torch.device:
 
 def derive_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (the run seed, the iteration, a position)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    return int(
+        np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1)
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -198,7 +200,11 @@ class Trainer:
         """Drop log lines written after the checkpoint we resume from (the killed run's lost work)."""
         path = self.run_dir / "log.jsonl"
         if path.exists() and distributed.is_main():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["iteration"] <= self.iteration]
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if json.loads(line)["iteration"] <= self.iteration
+            ]
             path.write_text("".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------ checkpoints
@@ -370,7 +376,9 @@ class Trainer:
             self.iteration += 1
             running.append(loss)
             progress.update()
-            if config.log_every and (self.iteration % config.log_every == 0 or self.iteration == config.iterations):
+            if config.log_every and (
+                self.iteration % config.log_every == 0 or self.iteration == config.iterations
+            ):
                 record = {
                     "iteration": self.iteration,
                     "loss": float(np.mean(running)),
@@ -437,7 +445,9 @@ def _format(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
 
 
-def train(config: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+def train(
+    config: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = False
+) -> dict[str, Any]:
     """Train ``config`` in ``run_dir`` (default ``output_dir/name``) and return its metrics."""
     run_dir = Path(run_dir) if run_dir is not None else Path(config.output_dir) / config.name
     return Trainer(config, run_dir, resume=resume).fit()
