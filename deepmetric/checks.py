@@ -12,17 +12,37 @@ def check_embeddings(embeddings: torch.Tensor | np.ndarray, name: str = "embeddi
         raise ValueError(f"{name} must be a 2-D (N x D) array, got shape {tuple(embeddings.shape)}")
     if embeddings.shape[0] == 0 or embeddings.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(embeddings.shape)})")
-    finite = torch.isfinite(embeddings).all() if torch.is_tensor(embeddings) else np.isfinite(embeddings).all()
-    if not bool(finite):
+    if not _all_finite(embeddings):
         raise ValueError(f"{name} contain NaN or infinite values")
 
 
+def _all_finite(array: torch.Tensor | np.ndarray) -> bool:
+    """Whether every entry is finite, in one cheap reduction for the common case.
+
+    A finite sum means every entry is finite (a NaN or inf anywhere makes the sum NaN or inf); only when
+    the sum is not finite (a bad entry, or finite values overflowing) is every entry tested. This runs on
+    every loss call, where a full ``isfinite`` pass plus ``all`` cost as much as a small loss itself.
+    """
+    if not torch.is_tensor(array):
+        return bool(np.isfinite(array).all())
+    if not (array.dtype.is_floating_point or array.dtype.is_complex):
+        return True
+    if bool(torch.isfinite(array.detach().sum())):
+        return True
+    return bool(torch.isfinite(array).all())
+
+
 def check_labels(
-    labels: torch.Tensor | np.ndarray, num_samples: int, name: str = "labels", embeddings_name: str = "embeddings"
+    labels: torch.Tensor | np.ndarray,
+    num_samples: int,
+    name: str = "labels",
+    embeddings_name: str = "embeddings",
 ) -> None:
     """Labels are 1-D class ids or a 2-D multi-hot (N x C) matrix, one row per embedding."""
     if labels.ndim not in (1, 2):
-        raise ValueError(f"{name} must be 1-D class ids or a 2-D multi-hot matrix, got shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"{name} must be 1-D class ids or a 2-D multi-hot matrix, got shape {tuple(labels.shape)}"
+        )
     if labels.shape[0] != num_samples:
         raise ValueError(f"{name} has {labels.shape[0]} rows but {embeddings_name} has {num_samples}")
 

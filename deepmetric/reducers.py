@@ -31,7 +31,8 @@ def reduce(losses: torch.Tensor, reduction: str = "mean", anchor: torch.Tensor |
     if reduction == "mean":
         return losses.mean()
     if reduction == "mean_nonzero":
-        positive = losses > 0
-        count = positive.sum()
-        return losses.sum() / count.clamp_min(1).to(losses.dtype)
+        # The count as a float sum of a comparison written straight into a float tensor: on CPU a boolean
+        # mask and its sum cost over ten times more, and the count ends up in the losses' dtype anyway.
+        positive = torch.gt(losses.detach(), 0, out=torch.empty_like(losses, requires_grad=False))
+        return losses.sum() / positive.sum().clamp_min(1)
     raise ValueError(f"unknown reduction {reduction!r}; choose one of {list(REDUCTIONS)}")

@@ -12,7 +12,7 @@ from deepmetric.benchmarking import expand_grid, run_suite, suite_from_dict
 from deepmetric.benchmarking.report import build_rows, csv_table, markdown_table
 from deepmetric.benchmarking.runner import run_one
 from deepmetric.benchmarking.selection import run_selection
-from deepmetric.benchmarking.suite import merge
+from deepmetric.benchmarking.suite import merge, point_dirname
 from deepmetric.training import Trainer
 from deepmetric.training.config import ConfigError
 
@@ -26,7 +26,7 @@ BASE = {
     "loss": {"name": "contrastive", "neg_margin": 0.8},
     "sampler": {"classes_per_batch": 4, "samples_per_class": 4},
     "optimizer": {"lr": 0.01},
-    "train": {"iterations": 4, "eval_every": 2, "checkpoint_every": 2, "log_every": 2},
+    "train": {"iterations": 4, "eval_every": 0, "checkpoint_every": 2, "log_every": 2},
     "eval": {"metrics": ["recall@1", "recall@4", "map@r"], "save_embeddings": False},
 }
 
@@ -48,7 +48,7 @@ def tiny_suite(**extra):
 def test_merge_replaces_named_components_and_expands_dotted_keys():
     merged = merge(BASE, {"loss": {"name": "triplet", "margin": 0.1}, "train.iterations": 7, "miner": None})
     assert merged["loss"] == {"name": "triplet", "margin": 0.1}  # contrastive's neg_margin does not leak
-    assert merged["train"]["iterations"] == 7 and merged["train"]["eval_every"] == 2
+    assert merged["train"]["iterations"] == 7 and merged["train"]["checkpoint_every"] == 2
     assert merged["miner"] is None
     assert merge(BASE, {"loss.neg_margin": 0.3})["loss"] == {"name": "contrastive", "neg_margin": 0.3}
     assert BASE["loss"] == {"name": "contrastive", "neg_margin": 0.8}  # the base is not modified
@@ -175,13 +175,14 @@ def test_selection_uses_validation_scores_and_applies_the_winner(tmp_path):
         "grid": {"optimizer.lr": [1e-9, 0.01]},
         "eval_every": 2,
     }
-    suite = tiny_suite(seeds=[0], select=select)
+    base = merge(BASE, {"sampler.classes_per_batch": 3})  # 3 of the 5 training digits remain
+    suite = tiny_suite(seeds=[0], select=select, base=base)
     selected = run_selection(suite, tmp_path, only=["untrained", "contrastive"], announce=lambda _: None)
     assert list(selected) == ["contrastive"]  # the untrained baseline trains nothing: nothing to select
     choice = selected["contrastive"]
     candidates = {c["overrides"]["optimizer.lr"]: c for c in choice["candidates"]}
     for lr, candidate in candidates.items():
-        folder = tmp_path / "_select/contrastive" / f"optimizer.lr={lr:g}" / "seed0"
+        folder = tmp_path / "_select/contrastive" / point_dirname("optimizer.lr", lr) / "seed0"
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["selected_on"] == "validation"
         assert candidate["validation_score"] == pytest.approx(metrics["best_score"])

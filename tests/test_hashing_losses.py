@@ -92,6 +92,55 @@ def test_dtsh_with_mined_triplets() -> None:
     assert value == pytest.approx(expected, rel=1e-10)
 
 
+def dense_dtsh_terms(theta: torch.Tensor, related: torch.Tensor, margin: float) -> torch.Tensor:
+    """Every valid triplet's softplus term through the dense N x N x N mask (small batches only)."""
+    positives = related.clone()
+    if theta.shape[0] == theta.shape[1]:
+        positives.fill_diagonal_(False)
+    anchor, positive, negative = (positives[:, :, None] & ~related[:, None, :]).nonzero(as_tuple=True)
+    return torch.nn.functional.softplus(theta[anchor, negative] - theta[anchor, positive] + margin)
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 22, 7])  # one chunk, and one anchor per chunk
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_dtsh_batch_all_equals_dense_triplets_in_value_and_gradient(
+    monkeypatch: pytest.MonkeyPatch, chunk_elements: int, reduction: str
+) -> None:
+    monkeypatch.setattr("deepmetric.losses.triplet._CHUNK_ELEMENTS", chunk_elements)
+    codes, _ = batch(5, n=12, bits=6)
+    labels = torch.tensor(
+        [[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1]] * 3
+    )  # multi-hot: shared label = related
+    ref_codes, ref_labels = batch(6, n=9, bits=6)[0], torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1]] * 3)
+    for ref in (None, (ref_codes.clone().requires_grad_(), ref_labels)):
+        u = codes.clone().requires_grad_()
+        other, other_labels = (u, labels) if ref is None else ref
+        loss = losses.get("dtsh", margin=2.0, quantization_weight=0.0, reduction=reduction)
+        value = (
+            loss(u, labels) if ref is None else loss(u, labels, ref_embeddings=other, ref_labels=other_labels)
+        )
+        value.backward()
+        grads = [u.grad] + ([] if ref is None else [other.grad])
+        u2 = codes.clone().requires_grad_()
+        other2 = u2 if ref is None else ref_codes.clone().requires_grad_()
+        related = (labels.double() @ other_labels.double().T) > 0
+        terms = dense_dtsh_terms(0.5 * u2 @ other2.T, related, 2.0)
+        expected = terms.mean() if reduction == "mean" else terms.sum()
+        expected.backward()
+        assert float(value.detach()) == pytest.approx(float(expected.detach()), rel=1e-12)
+        for got, want in zip(grads, [u2.grad] + ([] if ref is None else [other2.grad])):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_dtsh_batch_all_memory_stays_quadratic() -> None:
+    """400 items, 10 classes: the dense triplet mask would be 64M entries; chunks keep it far smaller."""
+    codes, labels = batch(7, n=400, bits=16, classes=10)
+    codes.requires_grad_()
+    value = losses.get("dtsh", quantization_weight=0.0)(codes, labels)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(codes.grad).all() and codes.grad.abs().sum() > 0
+
+
 def test_dpsh_matches_reference_for_ids_multihot_and_reference_set() -> None:
     codes, labels = batch(2)
     loss = losses.get("dpsh", quantization_weight=0.2)

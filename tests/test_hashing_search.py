@@ -16,7 +16,7 @@ from deepmetric.hashing import (
     pack_bits,
     unpack_bits,
 )
-from deepmetric.hashing.search import _pairwise_hamming_swar, popcount64
+from deepmetric.hashing.search import _knn_torch, _pairwise_hamming_swar, _radius_torch, popcount64
 
 
 def random_signs(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
@@ -116,6 +116,50 @@ def test_hamming_knn_equals_brute_force_with_index_tie_break(bits: int, budget: 
     t_d, t_i = hamming_knn(pack_bits(torch.from_numpy(queries)), pack_bits(torch.from_numpy(db)), 30)
     np.testing.assert_array_equal(t_i.numpy(), expected_i)
     np.testing.assert_array_equal(t_d.numpy(), expected_d)
+
+
+@pytest.mark.parametrize(
+    ("bits", "threads", "budget", "k"), [(64, 1, 3000, 40), (64, 3, 2**20, 5), (300, 2, 9000, 25)]
+)
+def test_cpu_knn_blocks_threads_and_slices_stay_exact(bits: int, threads: int, budget: int, k: int) -> None:
+    """Slices narrower than k (no threshold until k codes are seen), candidate pruning, several query
+    blocks on several threads, and uint16 distances beyond 255 bits."""
+    rng = np.random.default_rng(bits + threads)
+    db = random_signs(rng, 900, bits)
+    db[::7] = db[1]  # many exact ties
+    queries = np.concatenate([db[1:2], random_signs(rng, 70, bits)])
+    expected_d, expected_i = slow_knn(slow_hamming(queries, db), k)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        distances, indices = hamming_knn(pack_bits(queries), pack_bits(db), k, memory_budget=budget)
+        lims, radius_d, radius_i = hamming_radius_search(pack_bits(queries), pack_bits(db), 30, budget)
+    finally:
+        torch.set_num_threads(previous)
+    np.testing.assert_array_equal(distances, expected_d)
+    np.testing.assert_array_equal(indices, expected_i)
+    reference = slow_hamming(queries, db)
+    for q in range(len(queries)):
+        expected = sorted((reference[q, j], j) for j in range(len(db)) if reference[q, j] <= 30)
+        assert list(zip(radius_d[lims[q] : lims[q + 1]], radius_i[lims[q] : lims[q + 1]])) == expected
+
+
+def test_device_path_knn_and_radius_run_on_cpu_tensors() -> None:
+    """The torch (CUDA) kernels, run here on CPU words, agree with brute force too."""
+    rng = np.random.default_rng(9)
+    db, queries = random_signs(rng, 500, 72), random_signs(rng, 12, 72)
+    db[100:110] = queries[0]
+    reference = slow_hamming(queries, db)
+    expected_d, expected_i = slow_knn(reference, 20)
+    q_words, db_words = (as_words64(pack_bits(torch.from_numpy(x))) for x in (queries, db))
+    distances, indices = _knn_torch(q_words, db_words, 20, memory_budget=5000)
+    np.testing.assert_array_equal(distances.numpy(), expected_d)
+    np.testing.assert_array_equal(indices.numpy(), expected_i)
+    lims, radius_d, radius_i = _radius_torch(q_words, db_words, 28, memory_budget=5000)
+    for q in range(len(queries)):
+        expected = sorted((reference[q, j], j) for j in range(len(db)) if reference[q, j] <= 28)
+        got = list(zip(radius_d[lims[q] : lims[q + 1]].tolist(), radius_i[lims[q] : lims[q + 1]].tolist()))
+        assert got == expected
 
 
 def test_hamming_knn_k_equal_database_size_and_errors() -> None:

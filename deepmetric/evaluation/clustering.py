@@ -4,7 +4,7 @@
 ``ami`` = ``(I(Y; C) - E[I]) / ((H(Y) + H(C)) / 2 - E[I])`` with ``E[I]`` the mutual information expected
 under a random permutation model (Vinh et al. 2010), where ``Y`` are the class ids and ``C`` the k-means
 clusters with ``k`` = number of distinct classes among the embeddings clustered. The scores themselves come
-from scikit-learn; the clustering is our own torch k-means (k-means++ seeding, Lloyd iterations),
+from scikit-learn; the clustering is our own torch k-means (greedy k-means++ seeding, Lloyd iterations),
 deterministic under a seed and chunked so that only ``rows x k`` distances exist at a time.
 """
 
@@ -37,48 +37,88 @@ def _nearest_centroid(
 def kmeans_plus_plus(
     points: torch.Tensor, point_norms: torch.Tensor, k: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre drawn with prob. ~ D(x)^2.
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; the greedy variant is scikit-learn's default).
 
-    Drawn by inverse transform sampling (cumulative sum + binary search), which is much cheaper per
-    centre than ``torch.multinomial``.
+    Each new centre is the best of ``2 + ln k`` candidates drawn with probability ~ D(x)^2: the one that
+    lowers the total squared distance most. Plain k-means++ now and then puts two seeds in one cluster,
+    which Lloyd iterations rarely repair. Candidates are drawn by inverse transform sampling (cumulative
+    sum + binary search), much cheaper per centre than ``torch.multinomial``.
     """
-    uniforms = torch.rand(k, generator=generator, dtype=torch.float64).to(points.device)
-    chosen = [min(int(uniforms[0] * len(points)), len(points) - 1)]
-    closest = torch.full_like(point_norms, torch.inf, dtype=torch.float64)
-    for step in range(1, k + 1):
-        centre = points[chosen[-1]]
-        to_centre = (point_norms + point_norms[chosen[-1]] - 2 * torch.mv(points, centre)).clamp_min(0)
-        closest = torch.minimum(closest, to_centre.double())
-        if step == k:
-            break
+    trials = 2 + int(np.log(k))
+    first = int(torch.randint(len(points), (1,), generator=generator))
+    chosen = [first]
+    closest = (point_norms + point_norms[first] - 2 * torch.mv(points, points[first])).clamp_min(0).double()
+    for _ in range(1, k):
         cumulative = closest.cumsum(0)
         if cumulative[-1] <= 0:  # fewer distinct points than clusters: any point will do
             cumulative = torch.arange(1, len(points) + 1, device=points.device, dtype=torch.float64)
-        target = uniforms[step : step + 1] * cumulative[-1]
-        chosen.append(min(int(torch.searchsorted(cumulative, target, right=True)), len(points) - 1))
+        targets = (
+            torch.rand(trials, generator=generator, dtype=torch.float64).to(points.device) * cumulative[-1]
+        )
+        candidates = torch.searchsorted(cumulative, targets, right=True).clamp_max(len(points) - 1)
+        to_candidates = torch.addmm(
+            point_norms[:, None] + point_norms[candidates][None, :], points, points[candidates].T, alpha=-2
+        )
+        updated = torch.minimum(closest[:, None], to_candidates.clamp_min(0).double())
+        best = int(updated.sum(0).argmin())
+        chosen.append(int(candidates[best]))
+        closest = updated[:, best].contiguous()
     return points[chosen]
+
+
+def _faiss_kmeans(points: torch.Tensor, num_clusters: int, seed: int, max_iterations: int) -> torch.Tensor:
+    """faiss's k-means (random seeding, ``max_iterations`` Lloyd iterations), as PML clusters."""
+    try:
+        import faiss
+    except ImportError:
+        raise ValueError("kmeans backend 'faiss' needs faiss (pip install faiss-cpu)") from None
+    array = np.ascontiguousarray(points.detach().cpu().numpy(), dtype=np.float32)
+    clustering = faiss.Kmeans(array.shape[1], num_clusters, niter=max_iterations, seed=seed, verbose=False)
+    # faiss subsamples 256 points per centroid by default; cluster every point, as the torch backend does
+    clustering.max_points_per_centroid = max(1, -(-len(array) // num_clusters))
+    clustering.min_points_per_centroid = 1
+    clustering.train(array)
+    _, assignments = clustering.index.search(array, 1)
+    return torch.from_numpy(assignments.reshape(-1).astype(np.int64)).to(points.device)
+
+
+KMEANS_BACKENDS = ("torch", "faiss")
+# k-means++ seeds from at most this many points (a random sample beyond): its k passes are sequential.
+SEEDING_SAMPLE = 32768
 
 
 def kmeans(
     embeddings: torch.Tensor,
     num_clusters: int,
     seed: int = 0,
-    max_iterations: int = 30,
+    max_iterations: int = 20,
     memory_budget_mb: float = 512,
+    backend: str = "torch",
 ) -> torch.Tensor:
-    """Cluster ids (int64, on the embeddings' device) from k-means++ seeding and Lloyd iterations.
+    """Cluster ids (int64, on the embeddings' device) from k-means.
 
-    Stops when no assignment changes or after ``max_iterations``. An empty cluster is re-seeded with the
-    point farthest from its centroid, so exactly ``num_clusters`` clusters exist whenever there are that
-    many distinct points.
+    ``backend="torch"``: k-means++ seeding and Lloyd iterations; stops when no assignment changes or after
+    ``max_iterations``. An empty cluster is re-seeded with the point farthest from its centroid, so exactly
+    ``num_clusters`` clusters exist whenever there are that many distinct points. ``backend="faiss"``:
+    ``faiss.Kmeans`` (random seeding, ``max_iterations`` iterations), seeded with ``seed``.
     """
     if not 1 <= num_clusters <= len(embeddings):
         raise ValueError(f"num_clusters must be between 1 and {len(embeddings)}, got {num_clusters}")
+    if backend not in KMEANS_BACKENDS:
+        raise ValueError(f"kmeans backend must be one of {KMEANS_BACKENDS}, got {backend!r}")
+    if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
+        raise ValueError(f"max_iterations must be a positive integer, got {max_iterations!r}")
+    if backend == "faiss":
+        return _faiss_kmeans(embeddings, num_clusters, seed, max_iterations)
     points = embeddings.float()
     point_norms = (points * points).sum(1)
     rows = rows_per_block(num_clusters, memory_budget_mb)
     generator = torch.Generator().manual_seed(seed)
-    centroids = kmeans_plus_plus(points, point_norms, num_clusters, generator)
+    if len(points) > SEEDING_SAMPLE:  # seeding is k sequential passes: run them over a random sample
+        sample = torch.randperm(len(points), generator=generator)[:SEEDING_SAMPLE].to(points.device)
+        centroids = kmeans_plus_plus(points[sample], point_norms[sample], num_clusters, generator)
+    else:
+        centroids = kmeans_plus_plus(points, point_norms, num_clusters, generator)
     assignments = None
     for _ in range(max_iterations):
         new_assignments, distances = _nearest_centroid(points, point_norms, centroids, rows)
@@ -101,13 +141,17 @@ def cluster_scores(
     which: tuple[str, ...] = ("nmi", "ami"),
     seed: int = 0,
     memory_budget_mb: float = 512,
+    kmeans_backend: str = "torch",
 ) -> dict[str, float]:
     """``{"nmi": ..., "ami": ...}`` (those asked) of k-means with k = number of distinct ``labels``."""
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError("nmi/ami need 1-D class ids; multi-hot labels have no single class per embedding")
     num_classes = len(np.unique(labels))
-    clusters = kmeans(embeddings, num_classes, seed=seed, memory_budget_mb=memory_budget_mb).cpu().numpy()
+    clusters = kmeans(
+        embeddings, num_classes, seed=seed, memory_budget_mb=memory_budget_mb, backend=kmeans_backend
+    )
+    clusters = clusters.cpu().numpy()
     scores = {}
     if "nmi" in which:
         scores["nmi"] = float(normalized_mutual_info_score(labels, clusters))

@@ -23,17 +23,18 @@ import torch
 
 from deepmetric.checks import check_labels
 from deepmetric.distances import Distance, get_distance
-from deepmetric.evaluation.clustering import cluster_scores
+from deepmetric.evaluation.clustering import KMEANS_BACKENDS, cluster_scores
 from deepmetric.evaluation.knn import (
     ArrayLike,
     Block,
     distance_blocks,
     encode_ids,
     full_ranking,
+    probe_columns,
     resolve_device,
     rows_per_block,
     to_float_tensor,
-    topk_deterministic,
+    topk_bounded,
 )
 from deepmetric.evaluation.metrics import (
     MetricSpec,
@@ -48,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi")
 AVERAGES = ("query", "class")
+# Gallery items of the query's class used to bound its k-th best score (a subset is still a valid bound).
+MAX_CLASS_PROBES = 1024
 
 
 @dataclass
@@ -140,6 +143,45 @@ def _first_relevant_rank_outside_top(
     return better.sum(1) + tied_before.sum(1) + 1
 
 
+@dataclass
+class _Probes:
+    """Gallery items whose scores bound each query's k-th best score (:func:`topk_bounded`).
+
+    ``columns``: a fixed random sample of gallery columns; ``class_members``: per class code, up to
+    ``MAX_CLASS_PROBES`` gallery indices of that class (``-1`` padding), None for multi-hot labels.
+    """
+
+    columns: torch.Tensor
+    class_members: torch.Tensor | None
+
+
+def _make_probes(labels: _Labels, num_classes: int, num_gallery: int, device: torch.device) -> _Probes:
+    columns = probe_columns(num_gallery, device)
+    if labels.multi_hot:
+        return _Probes(columns, None)
+    counts = torch.bincount(labels.gallery, minlength=num_classes)
+    starts = counts.cumsum(0) - counts
+    slots = torch.arange(min(int(counts.max()), MAX_CLASS_PROBES), device=device)
+    by_class = labels.gallery.argsort(stable=True)
+    positions = (starts[:, None] + slots[None, :]).clamp_max(num_gallery - 1)
+    members = torch.where(slots[None, :] < counts[:, None], by_class[positions], -1)
+    return _Probes(columns, members)
+
+
+def _probe_values(block: Block, labels: _Labels, probes: _Probes, largest: bool) -> torch.Tensor:
+    """Scores of distinct gallery items per query: its relevant items plus the sampled columns that are
+    not relevant to it (so none is counted twice). Excluded items already hold the worst score."""
+    worst = -torch.inf if largest else torch.inf
+    sampled = block.scores[:, probes.columns]
+    if probes.class_members is None:
+        return sampled
+    query_labels = labels.query[block.start : block.stop]
+    sampled.masked_fill_(labels.gallery[probes.columns][None, :] == query_labels[:, None], worst)
+    members = probes.class_members[query_labels]
+    member_values = block.scores.gather(1, members.clamp_min(0)).masked_fill_(members < 0, worst)
+    return torch.cat([member_values, sampled], 1)
+
+
 def _block_values(
     block: Block,
     specs: list[MetricSpec],
@@ -148,6 +190,7 @@ def _block_values(
     leave_one_out: bool,
     has_ids: bool,
     largest: bool,
+    probes: _Probes,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-query metric values of one block: ``(has_relevant mask, {name: values of those queries})``."""
     rows = slice(block.start, block.stop)
@@ -165,14 +208,19 @@ def _block_values(
     if needs_full_ranking(specs):
         values, indices = full_ranking(block.scores, largest)
     else:
-        k = neighbours_needed(specs)
+        k = max(neighbours_needed(specs), 1)
+        row_k = None
         if needs_r_neighbours(specs):
             k = max(k, int(num_relevant.max()))
-        values, indices = topk_deterministic(block.scores, max(k, 1), largest)
+            if not any(s.kind == "mrr" for s in specs):  # mrr reads every slot of the top k
+                row_k = num_relevant.clamp_min(max(neighbours_needed(specs), 1))
+        probe_values = _probe_values(block, labels, probes, largest)
+        values, indices = topk_bounded(block.scores, k, largest, probe_values, row_k)
     kept_rows = has_relevant.nonzero().flatten()
     values, indices, num_relevant = values[kept_rows], indices[kept_rows], num_relevant[kept_rows]
     query_labels = labels.query[rows][kept_rows]
     valid = ~torch.isinf(values)
+    indices = indices.clamp_min(0)  # empty slots (-1) are invalid anyway
     if labels.multi_hot:
         relevant = relevance[kept_rows].gather(1, indices)
     else:
@@ -235,6 +283,7 @@ def evaluate_detailed(
     query_ids: ArrayLike | Sequence | None = None,
     gallery_ids: ArrayLike | Sequence | None = None,
     seed: int = 0,
+    kmeans_backend: str = "torch",
 ) -> EvaluationResult:
     """Like :func:`evaluate`, returning an :class:`EvaluationResult` (counts and per-query values too)."""
     if isinstance(metrics, str):
@@ -242,6 +291,8 @@ def evaluate_detailed(
     specs = [parse_metric(name) for name in metrics]
     if not specs:
         raise ValueError("metrics is empty; ask for at least one metric")
+    if kmeans_backend not in KMEANS_BACKENDS:
+        raise ValueError(f"kmeans_backend must be one of {KMEANS_BACKENDS}, got {kmeans_backend!r}")
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
     if (gallery_embeddings is None) != (gallery_labels is None):
@@ -285,6 +336,8 @@ def evaluate_detailed(
             if labels.multi_hot
             else torch.bincount(labels.gallery, minlength=int(labels.query.max()) + 1)
         )
+        num_classes = 0 if gallery_counts is None else len(gallery_counts)
+        probes = _make_probes(labels, num_classes, len(gallery), device)
         rows = rows_per_block(len(gallery), memory_budget_mb, needs_full_ranking(neighbour_specs))
         blocks = distance_blocks(query, gallery, distance, rows, leave_one_out, query_codes, gallery_codes)
         for block in blocks:
@@ -296,6 +349,7 @@ def evaluate_detailed(
                 leave_one_out,
                 query_codes is not None,
                 distance.is_similarity,
+                probes,
             )
             kept = block.start + has_relevant.nonzero().flatten().cpu().numpy()
             num_without_relevant += int((~has_relevant).sum())
@@ -310,7 +364,7 @@ def evaluate_detailed(
 
     clustering = [s.kind for s in specs if s.is_clustering]
     scores = (
-        cluster_scores(query, labels.query_classes, tuple(clustering), seed, memory_budget_mb)
+        cluster_scores(query, labels.query_classes, tuple(clustering), seed, memory_budget_mb, kmeans_backend)
         if clustering
         else {}
     )
@@ -335,6 +389,7 @@ def evaluate(
     query_ids: ArrayLike | Sequence | None = None,
     gallery_ids: ArrayLike | Sequence | None = None,
     seed: int = 0,
+    kmeans_backend: str = "torch",
 ) -> dict[str, float]:
     """Evaluate an embedding: ``{metric name: value}`` for each name in ``metrics``.
 
@@ -353,6 +408,8 @@ def evaluate(
         query_ids, gallery_ids: item ids (ints, strings, paths); gallery items with the query's id are
             excluded from its ranking.
         seed: seed of the k-means used by ``nmi``/``ami`` (which cluster the query embeddings).
+        kmeans_backend: ``torch`` (k-means++ and at most 20 Lloyd iterations, any device) or ``faiss``
+            (``faiss.Kmeans``, 20 iterations, as PML; needs faiss).
 
     Queries with no relevant gallery item are left out of the neighbour metrics (use
     :func:`evaluate_detailed` for their count); a metric with no query left is NaN.
@@ -370,4 +427,5 @@ def evaluate(
         query_ids,
         gallery_ids,
         seed,
+        kmeans_backend,
     ).metrics

@@ -33,6 +33,11 @@ ArrayLike = torch.Tensor | np.ndarray
 BLOCK_BYTES_PER_ENTRY = 16
 # Extra bytes per entry when the whole ranking of a block is sorted (values + int64 indices + masks).
 SORT_BYTES_PER_ENTRY = 24
+# Gallery columns sampled per block to bound each row's k-th best score (see topk_bounded).
+PROBE_COLUMNS = 512
+# A row with more candidates than this many per neighbour wanted is ranked by a plain top-k instead.
+CANDIDATES_PER_K = 64
+MIN_CANDIDATES = 4096
 
 
 def default_device() -> torch.device:
@@ -173,6 +178,59 @@ def topk_deterministic(scores: torch.Tensor, k: int, largest: bool) -> tuple[tor
         exact_values, exact_indices = _sort_by_value_then_index(exact_values, exact_indices, largest)
         values[ambiguous], indices[ambiguous] = exact_values, exact_indices
     return values, indices
+
+
+def probe_columns(num_gallery: int, device: torch.device) -> torch.Tensor:
+    """A fixed random sample of distinct gallery columns (seeded, so results never depend on the run)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randperm(num_gallery, generator=generator)[:PROBE_COLUMNS].to(device)
+
+
+def topk_bounded(
+    scores: torch.Tensor,
+    k: int,
+    largest: bool,
+    probe_values: torch.Tensor,
+    row_k: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`topk_deterministic` without a top-k over whole rows.
+
+    ``probe_values`` holds, per row, the scores of some *distinct* gallery items (``worst`` for padding).
+    The ``k``-th best of them is a bound that at least ``k`` entries of the row reach, so the row's top
+    ``k`` lie among the entries reaching it: one comparison pass over the block, then the few candidates
+    are ranked on their own by a stable sort of them in column order (which keeps the lower-index
+    tie-break). Rows with very many candidates (no useful bound, massive ties) use
+    :func:`topk_deterministic` instead.
+
+    ``row_k``: a ``k`` per row (at most ``k``); slots beyond a row's ``k`` then hold the worst value and
+    index ``-1``. The result is otherwise identical to ``topk_deterministic(scores, k, largest)``.
+    """
+    rows, width = scores.shape
+    k = min(k, width)
+    if k == 0 or rows == 0:
+        return topk_deterministic(scores, k, largest)
+    worst = -torch.inf if largest else torch.inf
+    row_k = torch.full((rows,), k, device=scores.device) if row_k is None else row_k.clamp(1, k)
+    if probe_values.shape[1] < k:
+        probe_values = torch.cat([probe_values, probe_values.new_full((rows, k), worst)], 1)
+    bound = probe_values.topk(k, dim=1, largest=largest, sorted=True).values.gather(1, (row_k - 1)[:, None])
+    reached = scores >= bound if largest else scores <= bound
+    cand_rows, cand_cols = reached.nonzero(as_tuple=True)  # row-major: columns ascend within a row
+    del reached
+    counts = torch.bincount(cand_rows, minlength=rows)
+    if int(counts.max()) > max(CANDIDATES_PER_K * k, MIN_CANDIDATES):
+        values, indices = topk_deterministic(scores, k, largest)
+    else:
+        # each row's candidates side by side, in column order, padded with the worst value
+        slot = torch.arange(len(cand_rows), device=scores.device) - (counts.cumsum(0) - counts)[cand_rows]
+        dense_values = scores.new_full((rows, max(int(counts.max()), k)), worst)
+        dense_values[cand_rows, slot] = scores[cand_rows, cand_cols]
+        dense_columns = torch.full_like(dense_values, -1, dtype=torch.long)
+        dense_columns[cand_rows, slot] = cand_cols
+        values, order = dense_values.sort(dim=1, descending=largest, stable=True)
+        values, indices = values[:, :k], dense_columns.gather(1, order[:, :k])
+    beyond = torch.arange(k, device=scores.device)[None, :] >= row_k[:, None]
+    return values.masked_fill_(beyond, worst), indices.masked_fill_(beyond, -1)
 
 
 def full_ranking(scores: torch.Tensor, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:

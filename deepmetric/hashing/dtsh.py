@@ -9,7 +9,10 @@ likelihood ``p = sigma(Theta_ij - Theta_ik - margin)``. The loss is the negative
         + lambda * mean_n ||b_n - u_n||^2 / K,      b_n = sign(u_n)
 
 over all valid triplets of the batch (or the mined ones), the second term being the paper's quantization
-loss (:func:`deepmetric.hashing.quantization.quantization_penalty`, per bit).
+loss (:func:`deepmetric.hashing.quantization.quantization_penalty`, per bit). The first term is the
+soft-margin triplet loss on the similarity ``Theta``: without a miner it is reduced by the batch-all machinery
+of :mod:`deepmetric.losses.triplet` (anchor chunks, gradient accumulated in the same pass), so memory stays
+``O(N^2)`` instead of the ``N^3`` triplet mask.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 
 from deepmetric.hashing.quantization import quantization_penalty
 from deepmetric.losses.base import LOSSES, MetricLoss
+from deepmetric.losses.triplet import _BatchAllTriplet
 from deepmetric.masks import PairIndices, TripletIndices, to_triplets
 
 
@@ -58,9 +62,15 @@ class DTSHLoss(MetricLoss):
         theta = 0.5 * self.distance(embeddings, ref_embeddings)
         if indices is None:
             positives, negatives = self.masks(labels, None, ref_labels)
+            if self.reduction != "none":
+                # softplus(Theta_ik - Theta_ij + margin) is the soft-margin triplet loss on the similarity
+                # Theta: reduced over all triplets in anchor chunks, in O(N^2) memory
+                return _BatchAllTriplet.apply(
+                    theta, positives, negatives, self.margin, -1.0, True, self.reduction
+                )
             anchor, positive, negative = (positives[:, :, None] & negatives[:, None, :]).nonzero(
                 as_tuple=True
-            )
+            )  # one loss per triplet was asked for: the output itself is that large
         else:
             anchor, positive, negative = to_triplets(indices)
         return F.softplus(theta[anchor, negative] - theta[anchor, positive] + self.margin)

@@ -19,7 +19,14 @@ import torch
 
 from deepmetric.checks import check_pair
 from deepmetric.distances import Distance, get_distance
-from deepmetric.masks import PairIndices, TripletIndices, indices_to_masks, pair_masks
+from deepmetric.masks import (
+    PairIndices,
+    TripletIndices,
+    indices_to_masks,
+    indices_to_weights,
+    pair_masks,
+    pair_weights,
+)
 from deepmetric.reducers import check_reduction, reduce
 from deepmetric.registry import Registry
 
@@ -73,6 +80,19 @@ class MetricLoss(torch.nn.Module):
             return pair_masks(labels, ref_labels)
         num_cols = labels.shape[0] if ref_labels is None else ref_labels.shape[0]
         return indices_to_masks(indices, labels.shape[0], num_cols, device=labels.device)
+
+    def pair_weights(
+        self,
+        labels: torch.Tensor,
+        indices: PairIndices | TripletIndices | None,
+        ref_labels: torch.Tensor | None,
+        dtype: torch.dtype = torch.float32,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`masks` as 0/1 tensors of ``dtype``, for masking by arithmetic (cheaper than booleans)."""
+        if indices is None:
+            return pair_weights(labels, ref_labels, dtype)
+        num_cols = labels.shape[0] if ref_labels is None else ref_labels.shape[0]
+        return indices_to_weights(indices, labels.shape[0], num_cols, device=labels.device, dtype=dtype)
 
 
 LOSSES = Registry("loss")

@@ -25,16 +25,16 @@ from deepmetric.masks import PairIndices, TripletIndices
 
 
 def reduce_pair_matrix(losses: torch.Tensor, pairs: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Reduce a matrix of non-negative pair losses that is zero outside the ``pairs`` mask.
+    """Reduce a matrix of non-negative pair losses that is zero outside the pairs (``pairs``: 0/1 weights).
 
     Gathering the pairs (boolean indexing) costs more than the loss itself, so only ``none`` gathers; the
     sum and the mean over non-zero losses are unchanged by the zeros and are left to the shared reducer,
     and ``mean`` divides by the number of pairs here (a scalar passes the shared reducer unchanged).
     """
     if reduction == "none":
-        return losses[pairs]
+        return losses[pairs.bool()]
     if reduction == "mean":
-        return losses.sum() / pairs.sum().clamp_min(1).to(losses.dtype)
+        return losses.sum() / pairs.sum().clamp_min(1)
     return losses
 
 
@@ -61,14 +61,18 @@ class ContrastiveLoss(MetricLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        positives, negatives = self.masks(labels, indices, ref_labels)
         dist = self.distance(embeddings, ref_embeddings)
-        pos_loss = F.relu(self.distance.closer_by(self.pos_margin, dist))
-        neg_loss = F.relu(self.distance.closer_by(dist, self.neg_margin))
-        losses = pos_loss * positives + neg_loss * negatives
+        positives, negatives = self.pair_weights(labels, indices, ref_labels, dist.dtype)
+        # Both hinges in one pass: [sign * (dist - margin)]_+ with sign +1 on positives, -1 on negatives and
+        # 0 (a zero loss) elsewhere; flipped for a similarity, whose positives must exceed their margin.
+        sign = positives - negatives
+        offset = negatives * self.neg_margin - positives * self.pos_margin
+        if self.distance.is_similarity:
+            sign, offset = -sign, -offset
+        losses = F.relu(torch.addcmul(offset, sign, dist))
         if self.squared:
             losses = losses * losses
-        return reduce_pair_matrix(losses, positives | negatives, self.reduction)
+        return reduce_pair_matrix(losses, positives + negatives, self.reduction)
 
     def extra_repr(self) -> str:
         return f"pos_margin={self.pos_margin}, neg_margin={self.neg_margin}, squared={self.squared}"

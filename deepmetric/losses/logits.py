@@ -5,7 +5,8 @@
   to half-precision embeddings through the cast.
 - :func:`masked_logsumexp`: ``log sum_{mask} exp(x)`` along a dimension where rows may be empty (an anchor
   without positives or negatives). A naive masked ``logsumexp`` of an all ``-inf`` row has a NaN gradient;
-  here empty rows give ``-inf`` (``0`` with ``add_one``) and exactly zero gradient. :func:`row_logsumexp`
+  here empty rows give ``-inf`` (``0`` with ``add_one``) and exactly zero gradient. It runs on the fused
+  softmax kernel with arithmetic masking, the hot spot of most pair losses. :func:`row_logsumexp`
   does the same for a sparse set of entries.
 - :func:`mined_samples`: which samples a miner's pair/triplet indices mention, for losses defined per
   sample (a sample enters the loss when the miner picked it as an anchor, positive or negative; only as
@@ -28,19 +29,47 @@ def working_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return dtype
 
 
+class _LogSumExp(torch.autograd.Function):
+    """``logsumexp`` along ``dim`` through one fused softmax kernel.
+
+    ``torch.logsumexp`` and its backward go through ``exp`` on CPU, which is several times slower than the
+    softmax kernel when many terms underflow (masked entries, large scales). The largest softmax
+    probability is ``exp(max - lse)``, so ``lse = max - log(max probability)``; the gradient is the
+    softmax itself.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, dim: int) -> torch.Tensor:
+        probs = torch.softmax(x, dim)
+        ctx.dim = dim
+        ctx.save_for_backward(probs)
+        return x.amax(dim) - probs.amax(dim).log()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (probs,) = ctx.saved_tensors
+        return probs * grad.unsqueeze(ctx.dim), None
+
+
 def masked_logsumexp(
     x: torch.Tensor, mask: torch.Tensor, dim: int = -1, add_one: bool = False
 ) -> torch.Tensor:
     """``log(sum_{mask} exp(x))`` along ``dim`` (``log(1 + sum_{mask} exp(x))`` with ``add_one``).
 
-    Rows of ``mask`` with no True entry give ``-inf`` (``0`` with ``add_one``) and a zero gradient.
+    ``mask`` is boolean or 0/1 floating point (cheaper: see :func:`deepmetric.masks.pair_weights`). Rows of
+    ``mask`` with no True entry give ``-inf`` (``0`` with ``add_one``) and a zero gradient.
     """
-    has_any = mask.any(dim, keepdim=True)
-    # Empty rows keep their (finite) values so that their logsumexp, and its backward pass, stay NaN-free;
-    # their result is then overwritten with -inf, which passes no gradient back.
-    lse = torch.logsumexp(x.masked_fill(~(mask | ~has_any), float("-inf")), dim=dim)
-    lse = lse.masked_fill(~has_any.squeeze(dim), float("-inf"))
-    return F.softplus(lse) if add_one else lse
+    # At least float32, so that the offset below dwarfs any logit.
+    work = x if x.dtype.itemsize >= 4 else x.float()
+    weights = mask if mask.dtype == work.dtype else mask.to(work.dtype)
+    # Masked-out entries are pushed down by a huge finite offset instead of -inf: their exp is exactly 0,
+    # and an empty row stays finite (no NaN in the softmax); its result is set (or squashed) below.
+    offset = torch.finfo(work.dtype).max / 8
+    lse = _LogSumExp.apply(torch.add(work, weights - 1, alpha=offset), dim)
+    if add_one:
+        # softplus(-offset) is exactly 0, with a zero gradient: empty rows need no special case.
+        return F.softplus(lse).to(x.dtype)
+    return lse.masked_fill(weights.amax(dim) == 0, float("-inf")).to(x.dtype)
 
 
 def row_logsumexp(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
