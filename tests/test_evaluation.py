@@ -411,3 +411,17 @@ def test_bad_kmeans_settings_are_refused():
         kmeans(points, 3, max_iterations=0)
     with pytest.raises(ValueError, match="kmeans_backend"):
         evaluate(points, np.arange(20) % 3, metrics=("nmi",), device="cpu", kmeans_backend="sk")
+
+
+@pytest.mark.parametrize("distance", ["cosine", "dot", "euclidean", "squared_euclidean"])
+def test_distance_blocks_equal_the_shared_pairwise_distances(distance):
+    from deepmetric.evaluation.knn import distance_blocks, ranking_distance
+
+    rng = np.random.default_rng(9)
+    dist = get_distance(distance)
+    query = dist.prepare(torch.from_numpy(rng.normal(size=(23, 5)).astype(np.float32)))
+    gallery = dist.prepare(torch.from_numpy(rng.normal(size=(31, 5)).astype(np.float32)))
+    expected = ranking_distance(dist)._pairwise(query, gallery)
+    # blocks share one buffer, so each is copied before the next one is computed
+    blocks = [block.scores.clone() for block in distance_blocks(query, gallery, dist, 4, False)]
+    assert torch.allclose(torch.cat(blocks), expected, rtol=1e-6, atol=1e-6)

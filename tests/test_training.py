@@ -135,3 +135,19 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write(path, failing)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]
+
+
+def test_frozen_features_without_a_head_evaluate_but_refuse_to_train(tmp_path):
+    """The untrained baseline of a frozen backbone (no head, nothing to optimise) is an evaluation-only
+    run; asking it to train is refused with a message naming the settings."""
+    from deepmetric.training.config import ConfigError
+
+    baseline = [
+        "model.frozen=true",
+        "model.embedding_size=0",
+        "model.feature_cache=" + str(tmp_path / "cache"),
+    ]
+    metrics = train(tiny_config(*baseline, "train.iterations=0"), tmp_path / "untrained")
+    assert metrics["trained"] == metrics["untrained"] and 0 < metrics["untrained"]["recall@1"] <= 1
+    with pytest.raises(ConfigError, match=r"nothing to train.*model\.embedding_size"):
+        train(tiny_config(*baseline), tmp_path / "refused")

@@ -172,7 +172,7 @@ def _probe_values(block: Block, labels: _Labels, probes: _Probes, largest: bool)
     """Scores of distinct gallery items per query: its relevant items plus the sampled columns that are
     not relevant to it (so none is counted twice). Excluded items already hold the worst score."""
     worst = -torch.inf if largest else torch.inf
-    sampled = block.scores[:, probes.columns]
+    sampled = block.scores.index_select(1, probes.columns)  # much faster than advanced indexing
     if probes.class_members is None:
         return sampled
     query_labels = labels.query[block.start : block.stop]
@@ -182,24 +182,45 @@ def _probe_values(block: Block, labels: _Labels, probes: _Probes, largest: bool)
     return torch.cat([member_values, sampled], 1)
 
 
+def _relevant_counts(
+    labels: _Labels,
+    gallery_counts: torch.Tensor,
+    leave_one_out: bool,
+    query_codes: torch.Tensor | None,
+    gallery_codes: torch.Tensor | None,
+) -> torch.Tensor:
+    """``R`` of every query (1-D labels): the gallery items of its class less the excluded ones (itself in
+    leave-one-out, the items with its id), counted once up front instead of over every block's rows."""
+    counts = gallery_counts[labels.query]
+    if query_codes is None:
+        return counts - int(leave_one_out)
+    # excluded relevant items are the gallery items with both the query's id and its class (itself included)
+    num_labels = len(gallery_counts)
+    keys, key_counts = torch.unique(gallery_codes * num_labels + labels.gallery, return_counts=True)
+    query_keys = query_codes * num_labels + labels.query
+    position = torch.searchsorted(keys, query_keys).clamp_max(len(keys) - 1)
+    return counts - torch.where(keys[position] == query_keys, key_counts[position], 0)
+
+
 def _block_values(
     block: Block,
     specs: list[MetricSpec],
     labels: _Labels,
-    gallery_counts: torch.Tensor | None,
-    leave_one_out: bool,
-    has_ids: bool,
+    relevant_counts: torch.Tensor | None,
     largest: bool,
     probes: _Probes,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-query metric values of one block: ``(has_relevant mask, {name: values of those queries})``."""
+    """Per-query metric values of one block: ``(has_relevant mask, {name: values of those queries})``.
+
+    ``relevant_counts``: ``R`` of every query for 1-D labels (None for multi-hot ones: counted per block).
+    """
     rows = slice(block.start, block.stop)
     relevance = None
-    if labels.multi_hot or has_ids:
+    if labels.multi_hot:
         relevance = block.exclude_from(_relevance_block(labels, rows))
         num_relevant = relevance.sum(1)
     else:
-        num_relevant = gallery_counts[labels.query[rows]] - int(leave_one_out)
+        num_relevant = relevant_counts[rows]
     has_relevant = num_relevant > 0
     if not bool(has_relevant.any()):
         return has_relevant, {}
@@ -337,6 +358,11 @@ def evaluate_detailed(
             else torch.bincount(labels.gallery, minlength=int(labels.query.max()) + 1)
         )
         num_classes = 0 if gallery_counts is None else len(gallery_counts)
+        relevant_counts = (
+            None
+            if labels.multi_hot
+            else _relevant_counts(labels, gallery_counts, leave_one_out, query_codes, gallery_codes)
+        )
         probes = _make_probes(labels, num_classes, len(gallery), device)
         rows = rows_per_block(len(gallery), memory_budget_mb, needs_full_ranking(neighbour_specs))
         blocks = distance_blocks(query, gallery, distance, rows, leave_one_out, query_codes, gallery_codes)
@@ -345,9 +371,7 @@ def evaluate_detailed(
                 block,
                 neighbour_specs,
                 labels,
-                gallery_counts,
-                leave_one_out,
-                query_codes is not None,
+                relevant_counts,
                 distance.is_similarity,
                 probes,
             )

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from deepmetric.checks import check_embeddings
-from deepmetric.distances import Distance, EuclideanDistance, SquaredEuclideanDistance, get_distance
+from deepmetric.distances import (
+    CosineSimilarity,
+    Distance,
+    DotProductSimilarity,
+    EuclideanDistance,
+    SquaredEuclideanDistance,
+    get_distance,
+)
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -125,14 +132,18 @@ def distance_blocks(
 ) -> Iterator[Block]:
     """Yield :class:`Block` s of ranked values. ``query``/``gallery`` must already be ``distance.prepare`` d.
 
+    Every block's ``scores`` live in one reused buffer: use a block before asking for the next one.
+
     ``leave_one_out``: query ``i`` is gallery item ``i`` and is excluded from its own ranking.
     ``query_ids``/``gallery_ids`` (integer tensors): gallery items with the query's id are excluded too.
     """
     ranked = ranking_distance(distance)
     worst = -torch.inf if ranked.is_similarity else torch.inf
+    buffer = query.new_empty(min(rows, len(query)), len(gallery))
+    gallery_norms = (gallery * gallery).sum(1) if type(ranked) is SquaredEuclideanDistance else None
     for start in range(0, len(query), rows):
         stop = min(start + rows, len(query))
-        scores = ranked._pairwise(query[start:stop], gallery)
+        scores = _pairwise_into(ranked, query[start:stop], gallery, gallery_norms, buffer[: stop - start])
         id_matches = None
         if query_ids is not None:
             id_matches = query_ids[start:stop, None] == gallery_ids[None, :]
@@ -140,6 +151,24 @@ def distance_blocks(
         if leave_one_out:
             scores[torch.arange(stop - start), torch.arange(start, stop)] = worst
         yield Block(start, stop, scores, leave_one_out, id_matches)
+
+
+def _pairwise_into(
+    ranked: Distance,
+    query: torch.Tensor,
+    gallery: torch.Tensor,
+    gallery_norms: torch.Tensor | None,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """``ranked._pairwise(query, gallery)``, written into ``out`` for the built-in distances: reusing one
+    buffer spares a fresh block allocation (and its page faults) per block, which costs about as much as
+    the matrix product itself on a CPU."""
+    if type(ranked) in (DotProductSimilarity, CosineSimilarity):
+        return torch.mm(query, gallery.T, out=out)
+    if type(ranked) is SquaredEuclideanDistance:
+        torch.addmm(gallery_norms[None, :], query, gallery.T, alpha=-2, out=out)
+        return out.add_((query * query).sum(1, keepdim=True)).clamp_min_(0)
+    return ranked._pairwise(query, gallery)
 
 
 def _sort_by_value_then_index(
@@ -198,8 +227,8 @@ def topk_bounded(
     ``probe_values`` holds, per row, the scores of some *distinct* gallery items (``worst`` for padding).
     The ``k``-th best of them is a bound that at least ``k`` entries of the row reach, so the row's top
     ``k`` lie among the entries reaching it: one comparison pass over the block, then the few candidates
-    are ranked on their own by a stable sort of them in column order (which keeps the lower-index
-    tie-break). Rows with very many candidates (no useful bound, massive ties) use
+    are ranked on their own by :func:`topk_deterministic` of them in column order (which keeps the
+    lower-index tie-break). Rows with very many candidates (no useful bound, massive ties) use
     :func:`topk_deterministic` instead.
 
     ``row_k``: a ``k`` per row (at most ``k``); slots beyond a row's ``k`` then hold the worst value and
@@ -227,8 +256,9 @@ def topk_bounded(
         dense_values[cand_rows, slot] = scores[cand_rows, cand_cols]
         dense_columns = torch.full_like(dense_values, -1, dtype=torch.long)
         dense_columns[cand_rows, slot] = cand_cols
-        values, order = dense_values.sort(dim=1, descending=largest, stable=True)
-        values, indices = values[:, :k], dense_columns.gather(1, order[:, :k])
+        # candidates sit in column order, so the lower-position tie-break is the lower-column one
+        values, order = topk_deterministic(dense_values, k, largest)
+        indices = dense_columns.gather(1, order)
     beyond = torch.arange(k, device=scores.device)[None, :] >= row_k[:, None]
     return values.masked_fill_(beyond, worst), indices.masked_fill_(beyond, -1)
 

@@ -30,8 +30,7 @@ class AngularLoss(MetricLoss):
         self, alpha: float = 40.0, distance: str | Distance | None = None, reduction: str = "mean"
     ) -> None:
         super().__init__(distance, reduction)
-        if not self.distance.is_similarity:
-            raise ValueError("angular loss needs a similarity (cosine or dot), not a distance")
+        self.require_kind(similarity=True, examples="cosine or dot")
         if not 0 < alpha < 90:
             raise ValueError(f"alpha is an angle in degrees in (0, 90), got {alpha}")
         self.alpha = alpha

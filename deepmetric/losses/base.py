@@ -10,7 +10,10 @@
   the global batch under torch.distributed) instead of against itself.
 
 Subclasses implement :meth:`compute`, returning per-element losses that the shared reducer turns into
-the scalar (or return a scalar themselves when the loss is defined over the whole batch).
+the scalar (or return a scalar themselves when the loss is defined over the whole batch). Pair losses
+start from :meth:`MetricLoss.pair_matrix` (distances with the pair masks) and may hand a zero-padded
+matrix of pair losses to :meth:`MetricLoss.reduce_pairs`; :meth:`MetricLoss.require_kind` refuses a distance
+where the formula needs a similarity (and vice versa).
 """
 
 from __future__ import annotations
@@ -68,6 +71,38 @@ class MetricLoss(torch.nn.Module):
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def require_kind(self, similarity: bool, examples: str) -> None:
+        """Refuse a distance where the formula needs a similarity (``similarity``), or the reverse;
+        ``examples`` names suitable choices for the error message."""
+        if self.distance.is_similarity != similarity:
+            wanted, given = ("similarity", "distance") if similarity else ("distance", "similarity")
+            raise ValueError(f"{type(self).__name__} needs a {wanted} ({examples}), not a {given}")
+
+    def pair_matrix(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices: PairIndices | TripletIndices | None,
+        ref_embeddings: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(matrix, positives, negatives)``: the distance (or similarity) of every sample to every
+        reference sample (the batch itself without ``ref_embeddings``) with the boolean :meth:`masks`."""
+        return self.distance(embeddings, ref_embeddings), *self.masks(labels, indices, ref_labels)
+
+    def reduce_pairs(self, losses: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        """Reduce a matrix of non-negative pair losses that is zero outside the pairs (``pairs``: a mask).
+
+        Gathering the pairs (boolean indexing) costs more than the loss itself, so only ``none`` gathers;
+        the sum and the mean over non-zero losses are unchanged by the zeros and are left to the shared
+        reducer, and ``mean`` divides by the number of pairs here (a scalar passes the reducer unchanged).
+        """
+        if self.reduction == "none":
+            return losses[pairs.bool()]
+        if self.reduction == "mean":
+            return losses.sum() / pairs.sum().clamp_min(1)
+        return losses
 
     def masks(
         self,

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import LOSSES, MetricLoss
-from deepmetric.losses.contrastive import reduce_pair_matrix
 from deepmetric.masks import PairIndices, TripletIndices
 
 
@@ -34,8 +33,7 @@ class BinomialDevianceLoss(MetricLoss):
         reduction: str = "sum",
     ) -> None:
         super().__init__(distance, reduction)
-        if not self.distance.is_similarity:
-            raise ValueError("binomial deviance needs a similarity (cosine or dot), not a distance")
+        self.require_kind(similarity=True, examples="cosine or dot")
         self.alpha = alpha
         self.beta = beta
         self.neg_cost = neg_cost
@@ -48,13 +46,13 @@ class BinomialDevianceLoss(MetricLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        positives, negatives = self.masks(labels, indices, ref_labels)
-        shifted = self.distance(embeddings, ref_embeddings) - self.beta
+        sim, positives, negatives = self.pair_matrix(embeddings, labels, indices, ref_embeddings, ref_labels)
+        shifted = sim - self.beta
         pos_weight = positives / positives.sum().clamp_min(1)
         neg_weight = negatives / negatives.sum().clamp_min(1)
         pos_loss = F.softplus(-self.alpha * shifted) * pos_weight
         neg_loss = F.softplus(self.alpha * self.neg_cost * shifted) * neg_weight
-        return reduce_pair_matrix(pos_loss + neg_loss, positives | negatives, self.reduction)
+        return self.reduce_pairs(pos_loss + neg_loss, positives | negatives)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}, neg_cost={self.neg_cost}"

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import LOSSES, MetricLoss
-from deepmetric.losses.logits import masked_logsumexp
+from deepmetric.losses.logits import anchor_logsumexps
 from deepmetric.masks import PairIndices, TripletIndices
 
 
@@ -34,8 +34,7 @@ class CircleLoss(MetricLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(distance, reduction)
-        if not self.distance.is_similarity:
-            raise ValueError("circle loss needs a similarity (cosine or dot), not a distance")
+        self.require_kind(similarity=True, examples="cosine or dot")
         self.m = m
         self.gamma = gamma
 
@@ -47,14 +46,12 @@ class CircleLoss(MetricLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        positives, negatives = self.masks(labels, indices, ref_labels)
-        sim = self.distance(embeddings, ref_embeddings)
+        sim, positives, negatives = self.pair_matrix(embeddings, labels, indices, ref_embeddings, ref_labels)
         detached = sim.detach()
         pos_logits = -self.gamma * (1 + self.m - detached).clamp_min(0) * (sim - (1 - self.m))
         neg_logits = self.gamma * (detached + self.m).clamp_min(0) * (sim - self.m)
-        rows = positives.any(1) & negatives.any(1)
-        pos_lse = masked_logsumexp(pos_logits[rows], positives[rows], dim=1)
-        return F.softplus(pos_lse + masked_logsumexp(neg_logits[rows], negatives[rows], dim=1))
+        pos_lse, neg_lse = anchor_logsumexps(pos_logits, neg_logits, positives, negatives)
+        return F.softplus(pos_lse + neg_lse)
 
     def extra_repr(self) -> str:
         return f"m={self.m}, gamma={self.gamma}"

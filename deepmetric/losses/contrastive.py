@@ -24,20 +24,6 @@ from deepmetric.losses.base import LOSSES, MetricLoss
 from deepmetric.masks import PairIndices, TripletIndices
 
 
-def reduce_pair_matrix(losses: torch.Tensor, pairs: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Reduce a matrix of non-negative pair losses that is zero outside the pairs (``pairs``: 0/1 weights).
-
-    Gathering the pairs (boolean indexing) costs more than the loss itself, so only ``none`` gathers; the
-    sum and the mean over non-zero losses are unchanged by the zeros and are left to the shared reducer,
-    and ``mean`` divides by the number of pairs here (a scalar passes the shared reducer unchanged).
-    """
-    if reduction == "none":
-        return losses[pairs.bool()]
-    if reduction == "mean":
-        return losses.sum() / pairs.sum().clamp_min(1)
-    return losses
-
-
 @LOSSES.register("contrastive")
 class ContrastiveLoss(MetricLoss):
     def __init__(
@@ -72,7 +58,7 @@ class ContrastiveLoss(MetricLoss):
         losses = F.relu(torch.addcmul(offset, sign, dist))
         if self.squared:
             losses = losses * losses
-        return reduce_pair_matrix(losses, positives + negatives, self.reduction)
+        return self.reduce_pairs(losses, positives + negatives)
 
     def extra_repr(self) -> str:
         return f"pos_margin={self.pos_margin}, neg_margin={self.neg_margin}, squared={self.squared}"

@@ -46,8 +46,7 @@ class DiscriminativeLoss(MetricLoss):
         super().__init__(distance, reduction)
         if num_classes < 2:
             raise ValueError(f"discriminative loss needs num_classes >= 2, got {num_classes}")
-        if self.distance.is_similarity:
-            raise ValueError("discriminative loss needs a distance (squared_euclidean), not a similarity")
+        self.require_kind(similarity=False, examples="squared_euclidean")
         self.num_classes = num_classes
         self.register_buffer("centroids", fixed_centroids(num_classes, embedding_size))
 

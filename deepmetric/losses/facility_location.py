@@ -36,8 +36,7 @@ import torch.nn.functional as F
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import LOSSES, MetricLoss
-from deepmetric.losses.logits import mined_samples, working_dtype
-from deepmetric.losses.proxies import similarities
+from deepmetric.losses.logits import mined_samples, similarities, working_dtype
 from deepmetric.masks import PairIndices, TripletIndices
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import LOSSES, MetricLoss
-from deepmetric.losses.logits import masked_logsumexp
+from deepmetric.losses.logits import anchor_logsumexps, masked_logsumexp
 from deepmetric.masks import PairIndices, TripletIndices
 
 
@@ -52,14 +52,12 @@ class LiftedStructureLoss(MetricLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        positives, negatives = self.masks(labels, indices, ref_labels)
-        dist = self.distance(embeddings, ref_embeddings)
+        dist, positives, negatives = self.pair_matrix(embeddings, labels, indices, ref_embeddings, ref_labels)
         pos_term = self.distance.closer_by(self.pos_margin, dist)
         neg_term = self.distance.closer_by(dist, self.neg_margin)
         if self.generalized:
-            rows = positives.any(1) & negatives.any(1)
-            pos_lse = masked_logsumexp(pos_term[rows], positives[rows])
-            return F.relu(pos_lse + masked_logsumexp(neg_term[rows], negatives[rows]))
+            pos_lse, neg_lse = anchor_logsumexps(pos_term, neg_term, positives, negatives)
+            return F.relu(pos_lse + neg_lse)
         anchor, positive = positives.nonzero(as_tuple=True)
         if anchor.numel() == 0 or not negatives.any():
             return dist.new_zeros(0)

@@ -1,5 +1,8 @@
 """Softmax machinery shared by the softmax-type losses (proxy, classification and set-based).
 
+- :func:`similarity_logits`: the pairwise logits every softmax-type loss starts from (the similarity, or
+  the negated distance, over a temperature) in the working dtype; :func:`similarities` without the cast.
+- :class:`PairSoftmaxLoss`: the base of NT-Xent and SupCon (temperature, cosine default, pair logits).
 - :func:`working_dtype`: these losses exponentiate logits scaled by up to 64 (ArcFace) or 1/0.05
   (temperatures), which overflows float16; they compute in at least float32 and the gradient flows back
   to half-precision embeddings through the cast.
@@ -7,7 +10,8 @@
   without positives or negatives). A naive masked ``logsumexp`` of an all ``-inf`` row has a NaN gradient;
   here empty rows give ``-inf`` (``0`` with ``add_one``) and exactly zero gradient. It runs on the fused
   softmax kernel with arithmetic masking, the hot spot of most pair losses. :func:`row_logsumexp`
-  does the same for a sparse set of entries.
+  does the same for a sparse set of entries; :func:`anchor_logsumexps` is the per-anchor pair of
+  positive and negative log-sum-exps that circle and generalised lifted-structure losses combine.
 - :func:`mined_samples`: which samples a miner's pair/triplet indices mention, for losses defined per
   sample (a sample enters the loss when the miner picked it as an anchor, positive or negative; only as
   an anchor when positives and negatives index a reference set).
@@ -18,7 +22,40 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from deepmetric.distances import Distance
+from deepmetric.losses.base import MetricLoss
 from deepmetric.masks import PairIndices, TripletIndices, to_pairs
+
+
+class PairSoftmaxLoss(MetricLoss):
+    """Base of the losses that take a softmax over each anchor's pairs with logits ``s(i, j) / tau``
+    (NT-Xent, SupCon): cosine similarity by default, a positive temperature ``tau``."""
+
+    default_distance = "cosine"
+
+    def __init__(
+        self, temperature: float = 0.1, distance: str | Distance | None = None, reduction: str = "mean"
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        super().__init__(distance=distance, reduction=reduction)
+        self.temperature = temperature
+
+    def pair_logits(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices: PairIndices | TripletIndices | None,
+        ref_embeddings: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits, positives, negatives)``: :func:`similarity_logits` over the temperature, with the
+        pair masks."""
+        logits = similarity_logits(self.distance, embeddings, ref_embeddings, self.temperature)
+        return logits, *self.masks(labels, indices, ref_labels)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
 
 
 def working_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -27,6 +64,29 @@ def working_dtype(*tensors: torch.Tensor) -> torch.dtype:
     for tensor in tensors:
         dtype = torch.promote_types(dtype, tensor.dtype)
     return dtype
+
+
+def similarities(distance: Distance, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """Pairwise logits where larger means closer: the similarity itself, or the negated distance."""
+    matrix = distance.pairwise(x, y)
+    return matrix if distance.is_similarity else -matrix
+
+
+def similarity_logits(
+    distance: Distance,
+    embeddings: torch.Tensor,
+    reference: torch.Tensor | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """:func:`similarities` of ``embeddings`` against ``reference`` (themselves when None) in the
+    :func:`working_dtype` of both, divided by ``temperature``."""
+    if reference is None:
+        dtype = working_dtype(embeddings)
+        logits = similarities(distance, embeddings.to(dtype), None)
+    else:
+        dtype = working_dtype(embeddings, reference)
+        logits = similarities(distance, embeddings.to(dtype), reference.to(dtype))
+    return logits if temperature == 1 else logits / temperature
 
 
 class _LogSumExp(torch.autograd.Function):
@@ -70,6 +130,16 @@ def masked_logsumexp(
         # softplus(-offset) is exactly 0, with a zero gradient: empty rows need no special case.
         return F.softplus(lse).to(x.dtype)
     return lse.masked_fill(weights.amax(dim) == 0, float("-inf")).to(x.dtype)
+
+
+def anchor_logsumexps(
+    pos_logits: torch.Tensor, neg_logits: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per anchor (row) that has both a positive and a negative: ``log sum_{positives} exp(pos_logits)`` and
+    ``log sum_{negatives} exp(neg_logits)``. Anchors lacking either are left out (their loss is undefined)."""
+    rows = positives.any(1) & negatives.any(1)
+    pos_lse = masked_logsumexp(pos_logits[rows], positives[rows], dim=1)
+    return pos_lse, masked_logsumexp(neg_logits[rows], negatives[rows], dim=1)
 
 
 def row_logsumexp(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:

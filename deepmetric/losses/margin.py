@@ -24,7 +24,6 @@ import torch.nn.functional as F
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import LOSSES, MetricLoss
-from deepmetric.losses.contrastive import reduce_pair_matrix
 from deepmetric.masks import PairIndices, TripletIndices
 from deepmetric.reducers import reduce
 
@@ -62,14 +61,11 @@ class MarginLoss(MetricLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        positives, negatives = self.masks(labels, indices, ref_labels)
-        dist = self.distance(embeddings, ref_embeddings)
+        dist, positives, negatives = self.pair_matrix(embeddings, labels, indices, ref_embeddings, ref_labels)
         beta = self.row_beta(labels).to(dist.dtype)[:, None]
         pos_loss = F.relu(self.margin + self.distance.closer_by(beta, dist))
         neg_loss = F.relu(self.margin + self.distance.closer_by(dist, beta))
-        losses = reduce_pair_matrix(
-            pos_loss * positives + neg_loss * negatives, positives | negatives, self.reduction
-        )
+        losses = self.reduce_pairs(pos_loss * positives + neg_loss * negatives, positives | negatives)
         if self.reduction == "none" or not self.nu:
             return losses
         pairs_per_row = (positives.sum(1) + negatives.sum(1)).to(dist.dtype)

@@ -45,8 +45,7 @@ class MultiSimilarityLoss(MetricLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        positives, negatives = self.masks(labels, indices, ref_labels)
-        sim = self.distance(embeddings, ref_embeddings)
+        sim, positives, negatives = self.pair_matrix(embeddings, labels, indices, ref_embeddings, ref_labels)
         pos_exponent = self.alpha * self.distance.closer_by(self.base, sim)
         neg_exponent = self.beta * self.distance.closer_by(sim, self.base)
         pos_loss = masked_logsumexp(pos_exponent, positives, dim=1, add_one=True) / self.alpha

@@ -20,8 +20,7 @@ import torch
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import LOSSES, MetricLoss
-from deepmetric.losses.logits import masked_logsumexp, row_logsumexp, working_dtype
-from deepmetric.losses.proxies import similarities
+from deepmetric.losses.logits import masked_logsumexp, row_logsumexp, similarity_logits
 from deepmetric.masks import PairIndices, TripletIndices
 
 
@@ -45,9 +44,7 @@ class NCALoss(MetricLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        dtype = working_dtype(embeddings)
-        ref = None if ref_embeddings is None else ref_embeddings.to(dtype)
-        logits = self.scale * similarities(self.distance, embeddings.to(dtype), ref)
+        logits = self.scale * similarity_logits(self.distance, embeddings, ref_embeddings)
         positive, negative = self.masks(labels, indices, ref_labels)
         # Positives are few per row (K - 1 in a P x K batch): their log-sum-exp runs over those entries only.
         rows, cols = positive.nonzero(as_tuple=True)

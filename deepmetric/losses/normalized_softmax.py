@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import LOSSES
-from deepmetric.losses.logits import working_dtype
-from deepmetric.losses.proxies import CosineSoftmaxLoss, similarities
+from deepmetric.losses.logits import similarity_logits, working_dtype
+from deepmetric.losses.proxies import CosineSoftmaxLoss
 
 
 @LOSSES.register("normalized_softmax")
@@ -43,4 +43,4 @@ class NormalizedSoftmaxLoss(CosineSoftmaxLoss):
         dtype = working_dtype(embeddings, self.weight)
         # The weights are always normalised; the embeddings only when the distance normalises them.
         weight = F.normalize(self.weight.to(dtype), dim=-1)
-        return similarities(self.distance, embeddings.to(dtype), weight) / self.temperature
+        return similarity_logits(self.distance, embeddings, weight, self.temperature)

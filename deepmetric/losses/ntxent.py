@@ -19,25 +19,13 @@ from __future__ import annotations
 
 import torch
 
-from deepmetric.distances import Distance
-from deepmetric.losses.base import LOSSES, MetricLoss
-from deepmetric.losses.logits import masked_logsumexp, working_dtype
-from deepmetric.losses.proxies import similarities
+from deepmetric.losses.base import LOSSES
+from deepmetric.losses.logits import PairSoftmaxLoss, masked_logsumexp
 from deepmetric.masks import PairIndices, TripletIndices
 
 
 @LOSSES.register("ntxent")
-class NTXentLoss(MetricLoss):
-    default_distance = "cosine"
-
-    def __init__(
-        self, temperature: float = 0.1, distance: str | Distance | None = None, reduction: str = "mean"
-    ) -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        super().__init__(distance=distance, reduction=reduction)
-        self.temperature = temperature
-
+class NTXentLoss(PairSoftmaxLoss):
     def compute(
         self,
         embeddings: torch.Tensor,
@@ -46,14 +34,8 @@ class NTXentLoss(MetricLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        dtype = working_dtype(embeddings)
-        ref = None if ref_embeddings is None else ref_embeddings.to(dtype)
-        logits = similarities(self.distance, embeddings.to(dtype), ref) / self.temperature
-        positive, negative = self.masks(labels, indices, ref_labels)
+        logits, positive, negative = self.pair_logits(embeddings, labels, indices, ref_embeddings, ref_labels)
         negatives_lse = masked_logsumexp(logits, negative, dim=1)
         anchor, pos = positive.nonzero(as_tuple=True)
         pos_logits = logits[anchor, pos]
         return torch.logaddexp(pos_logits, negatives_lse[anchor]) - pos_logits
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"

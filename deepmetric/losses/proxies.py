@@ -20,7 +20,7 @@ from torch import nn
 
 from deepmetric.distances import CosineSimilarity, Distance, safe_sqrt
 from deepmetric.losses.base import MetricLoss
-from deepmetric.losses.logits import mined_samples, working_dtype
+from deepmetric.losses.logits import mined_samples, similarity_logits
 from deepmetric.masks import PairIndices, TripletIndices
 
 INITIALISATIONS = {
@@ -52,12 +52,6 @@ def class_weights(
     if per_class is not None:
         weight = weight.reshape(num_classes, per_class, embedding_size)
     return nn.Parameter(weight)
-
-
-def similarities(distance: Distance, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pairwise logits where larger means closer: the similarity itself, or the negated distance."""
-    matrix = distance.pairwise(x, y)
-    return matrix if distance.is_similarity else -matrix
 
 
 def additive_angular_margin(cosine: torch.Tensor, margin: float, easy_margin: bool = False) -> torch.Tensor:
@@ -120,6 +114,19 @@ class ClassWeightLoss(MetricLoss):
             bad = labels[(labels < 0) | (labels >= self.num_classes)][0].item()
             raise ValueError(f"label {bad} is outside [0, num_classes={self.num_classes}) of {name}")
 
+    def class_logits(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_embeddings: torch.Tensor | None,
+        class_vectors: torch.Tensor,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """Checked inputs, then the ``N x rows`` :func:`similarity_logits` of the embeddings against the
+        learned class vectors (``rows x embedding_size``)."""
+        self.check_inputs(embeddings, labels, ref_embeddings)
+        return similarity_logits(self.distance, embeddings, class_vectors, temperature)
+
     def select(
         self,
         losses: torch.Tensor,
@@ -167,8 +174,7 @@ class CosineSoftmaxLoss(ClassWeightLoss):
 
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The scaled logits, margin included, in the working dtype."""
-        dtype = working_dtype(embeddings, self.weight)
-        sims = similarities(self.distance, embeddings.to(dtype), self.weight.to(dtype))
+        sims = similarity_logits(self.distance, embeddings, self.weight)
         target_index = labels.long()[:, None]
         target = self.target_logit(sims.gather(1, target_index))
         return self.scale * sims.scatter(1, target_index, target)

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import LOSSES
-from deepmetric.losses.logits import masked_logsumexp, mined_samples, working_dtype
-from deepmetric.losses.proxies import ClassWeightLoss, class_weights, similarities
+from deepmetric.losses.logits import masked_logsumexp, mined_samples
+from deepmetric.losses.proxies import ClassWeightLoss, class_weights
 from deepmetric.masks import PairIndices, TripletIndices
 
 
@@ -53,9 +53,7 @@ class ProxyAnchorLoss(ClassWeightLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        self.check_inputs(embeddings, labels, ref_embeddings)
-        dtype = working_dtype(embeddings, self.proxies)
-        sims = similarities(self.distance, embeddings.to(dtype), self.proxies.to(dtype))  # N x C
+        sims = self.class_logits(embeddings, labels, ref_embeddings, self.proxies)  # N x C
         # A sample is a positive of its class's proxy, or of every proxy of its labels (multi-hot).
         positive = F.one_hot(labels.long(), self.num_classes).bool() if labels.ndim == 1 else labels.bool()
         negative = ~positive
@@ -66,7 +64,7 @@ class ProxyAnchorLoss(ClassWeightLoss):
         neg_terms = masked_logsumexp(self.alpha * (sims + self.margin), negative, dim=0, add_one=True)
         with_positives = positive.any(0)
         # Each proxy's share of the positive average, rescaled so that the mean over proxies is L.
-        pos_weight = self.num_classes / with_positives.sum().clamp_min(1).to(dtype)
+        pos_weight = self.num_classes / with_positives.sum().clamp_min(1).to(sims.dtype)
         return neg_terms + pos_weight * pos_terms  # pos_terms is 0 for proxies without positives
 
     def extra_repr(self) -> str:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from deepmetric.distances import Distance, SquaredEuclideanDistance
 from deepmetric.losses.base import LOSSES
-from deepmetric.losses.logits import masked_logsumexp, working_dtype
-from deepmetric.losses.proxies import ClassWeightLoss, class_weights, similarities
+from deepmetric.losses.logits import masked_logsumexp
+from deepmetric.losses.proxies import ClassWeightLoss, class_weights
 from deepmetric.masks import PairIndices, TripletIndices
 
 
@@ -54,9 +54,7 @@ class ProxyNCALoss(ClassWeightLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        self.check_inputs(embeddings, labels, ref_embeddings)
-        dtype = working_dtype(embeddings, self.proxies)
-        logits = similarities(self.distance, embeddings.to(dtype), self.proxies.to(dtype)) / self.temperature
+        logits = self.class_logits(embeddings, labels, ref_embeddings, self.proxies, self.temperature)
         if labels.ndim == 1:
             return self.select(F.cross_entropy(logits, labels.long(), reduction="none"), indices)
         positives = labels.bool()

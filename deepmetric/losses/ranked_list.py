@@ -45,8 +45,7 @@ class RankedListLoss(MetricLoss):
         super().__init__(
             EuclideanDistance(normalize_embeddings=True) if distance is None else distance, reduction
         )
-        if self.distance.is_similarity:
-            raise ValueError("ranked list loss needs a distance (euclidean), not a similarity")
+        self.require_kind(similarity=False, examples="euclidean")
         if not 0 <= imbalance <= 1:
             raise ValueError(f"imbalance must be in [0, 1], got {imbalance}")
         self.margin = margin
@@ -63,8 +62,7 @@ class RankedListLoss(MetricLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        positives, negatives = self.masks(labels, indices, ref_labels)
-        dist = self.distance(embeddings, ref_embeddings)
+        dist, positives, negatives = self.pair_matrix(embeddings, labels, indices, ref_embeddings, ref_labels)
         pos_excess = dist - (self.alpha - self.margin)
         neg_excess = self.alpha - dist
         hard_pos = positives & (pos_excess > 0)

@@ -21,10 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deepmetric.distances import Distance, EuclideanDistance
+from deepmetric.distances import Distance, safe_sqrt
 from deepmetric.losses.base import LOSSES
-from deepmetric.losses.logits import working_dtype
-from deepmetric.losses.proxies import ClassWeightLoss, class_weights, similarities
+from deepmetric.losses.proxies import ClassWeightLoss, class_weights
 from deepmetric.masks import PairIndices, TripletIndices
 
 
@@ -53,21 +52,27 @@ class SoftTripleLoss(ClassWeightLoss):
         self.centers = class_weights(
             num_classes, embedding_size, "kaiming_uniform", per_class=centers_per_class
         )
-        self.center_distance = EuclideanDistance(normalize_embeddings=True)
 
-    def class_similarities(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """``S``: the ``N x C`` soft-max similarity of each embedding to each class."""
-        dtype = working_dtype(embeddings, self.centers)
-        centers = self.centers.to(dtype).reshape(-1, self.embedding_size)
-        sims = similarities(self.distance, embeddings.to(dtype), centers)
+    def class_similarities(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, ref_embeddings: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``S``: the ``N x C`` soft-max similarity of each embedding to each class (inputs checked)."""
+        centers = self.centers.reshape(-1, self.embedding_size)
+        sims = self.class_logits(embeddings, labels, ref_embeddings, centers)
         sims = sims.reshape(-1, self.num_classes, self.centers_per_class)
         return (F.softmax(sims / self.gamma, dim=2) * sims).sum(2)
 
     def regulariser(self) -> torch.Tensor:
-        """``R(w)``: mean distance between the centres of one class."""
+        """``R(w)``: mean distance between the centres of one class.
+
+        Only the ``K (K - 1) / 2`` pairs ``t < k`` of each class are computed, from one batched Gram matrix
+        of the normalised centres (``||a - b||^2 = 2 - 2 a.b`` for unit vectors).
+        """
         k = self.centers_per_class
-        distances = self.center_distance.pairwise(self.centers)  # C x K x K
-        return distances.triu(diagonal=1).sum() / (self.num_classes * k * (k - 1))
+        centers = F.normalize(self.centers, dim=-1)  # C x K x D
+        first, second = torch.triu_indices(k, k, offset=1, device=centers.device)
+        cosines = (centers @ centers.transpose(1, 2))[:, first, second]
+        return safe_sqrt(2 - 2 * cosines).sum() / (self.num_classes * k * (k - 1))
 
     def compute(
         self,
@@ -77,9 +82,8 @@ class SoftTripleLoss(ClassWeightLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        self.check_inputs(embeddings, labels, ref_embeddings)
+        sims = self.class_similarities(embeddings, labels, ref_embeddings)
         labels = labels.long()
-        sims = self.class_similarities(embeddings)
         margins = torch.zeros_like(sims).scatter_(1, labels[:, None], self.margin)
         losses = F.cross_entropy(self.la * (sims - margins), labels, reduction="none")
         if self.tau > 0 and self.centers_per_class > 1:

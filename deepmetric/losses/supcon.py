@@ -16,25 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from deepmetric.distances import Distance
-from deepmetric.losses.base import LOSSES, MetricLoss
-from deepmetric.losses.logits import masked_logsumexp, working_dtype
-from deepmetric.losses.proxies import similarities
+from deepmetric.losses.base import LOSSES
+from deepmetric.losses.logits import PairSoftmaxLoss, masked_logsumexp
 from deepmetric.masks import PairIndices, TripletIndices
 
 
 @LOSSES.register("supcon")
-class SupConLoss(MetricLoss):
-    default_distance = "cosine"
-
-    def __init__(
-        self, temperature: float = 0.1, distance: str | Distance | None = None, reduction: str = "mean"
-    ) -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        super().__init__(distance=distance, reduction=reduction)
-        self.temperature = temperature
-
+class SupConLoss(PairSoftmaxLoss):
     def compute(
         self,
         embeddings: torch.Tensor,
@@ -43,15 +31,9 @@ class SupConLoss(MetricLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        dtype = working_dtype(embeddings)
-        ref = None if ref_embeddings is None else ref_embeddings.to(dtype)
-        logits = similarities(self.distance, embeddings.to(dtype), ref) / self.temperature
-        positive, negative = self.masks(labels, indices, ref_labels)
+        logits, positive, negative = self.pair_logits(embeddings, labels, indices, ref_embeddings, ref_labels)
         log_prob = logits - masked_logsumexp(logits, positive | negative, dim=1)[:, None]
         num_positives = positive.sum(1)
         has_positive = num_positives > 0
         mean_log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(1)
-        return -(mean_log_prob / num_positives.clamp_min(1).to(dtype))[has_positive]
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
+        return -(mean_log_prob / num_positives.clamp_min(1).to(logits.dtype))[has_positive]

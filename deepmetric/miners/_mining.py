@@ -66,6 +66,13 @@ def sample_columns(
     return columns, totals[rows] > 0
 
 
+def mask_pairs(positives: torch.Tensor, negatives: torch.Tensor) -> PairIndices:
+    """Pair indices ``(anchor_p, positive, anchor_n, negative)`` of the True entries of two pair masks."""
+    anchor_p, positive = positives.nonzero(as_tuple=True)
+    anchor_n, negative = negatives.nonzero(as_tuple=True)
+    return anchor_p, positive, anchor_n, negative
+
+
 def empty_pairs(device: torch.device) -> PairIndices:
     return tuple(torch.empty(0, dtype=torch.long, device=device) for _ in range(4))
 

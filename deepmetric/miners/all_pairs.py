@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from deepmetric.masks import PairIndices, pair_masks
+from deepmetric.miners._mining import mask_pairs
 from deepmetric.miners.base import MINERS, Miner
 
 
@@ -23,6 +24,4 @@ class AllPairsMiner(Miner):
         ref_labels: torch.Tensor | None,
     ) -> PairIndices:
         positives, negatives = pair_masks(labels, ref_labels)
-        anchor_p, positive = positives.nonzero(as_tuple=True)
-        anchor_n, negative = negatives.nonzero(as_tuple=True)
-        return anchor_p, positive, anchor_n, negative
+        return mask_pairs(positives, negatives)

@@ -5,6 +5,8 @@
 Pair miners return ``(anchor_p, positive, anchor_n, negative)``, triplet miners ``(anchor, positive,
 negative)``: 1-D long tensors that any loss accepts as ``indices``. Positives and negatives index the
 reference set when one is given. Mining never needs gradients, so it runs under ``torch.no_grad``.
+Miners that rank pairs start from :meth:`Miner.pair_farness` (one "larger is farther" matrix with the pair
+masks).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import torch
 
 from deepmetric.checks import check_pair
 from deepmetric.distances import Distance, get_distance
-from deepmetric.masks import PairIndices, TripletIndices
+from deepmetric.masks import PairIndices, TripletIndices, pair_masks
+from deepmetric.miners._mining import farness
 from deepmetric.registry import Registry
 
 MINERS = Registry("miner")
@@ -48,3 +51,14 @@ class Miner(torch.nn.Module):
         ref_labels: torch.Tensor | None,
     ) -> PairIndices | TripletIndices:
         raise NotImplementedError
+
+    def pair_farness(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_embeddings: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(far, positives, negatives)``: :func:`~deepmetric.miners._mining.farness` of every sample to
+        every reference sample (the batch itself without ``ref_embeddings``) with the pair masks."""
+        return farness(self.distance, embeddings, ref_embeddings), *pair_masks(labels, ref_labels)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from deepmetric.masks import TripletIndices, pair_masks
-from deepmetric.miners._mining import farness, masked_argmax, masked_argmin
+from deepmetric.masks import TripletIndices
+from deepmetric.miners._mining import masked_argmax, masked_argmin
 from deepmetric.miners.base import MINERS, Miner
 
 
@@ -24,8 +24,7 @@ class BatchHardMiner(Miner):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> TripletIndices:
-        positives, negatives = pair_masks(labels, ref_labels)
-        far = farness(self.distance, embeddings, ref_embeddings)
+        far, positives, negatives = self.pair_farness(embeddings, labels, ref_embeddings, ref_labels)
         hardest_positive, has_positive = masked_argmax(far, positives)
         hardest_negative, has_negative = masked_argmin(far, negatives)
         anchor = (has_positive & has_negative).nonzero(as_tuple=True)[0]

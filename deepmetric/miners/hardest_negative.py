@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from deepmetric.masks import TripletIndices, pair_masks
-from deepmetric.miners._mining import farness, masked_argmin
+from deepmetric.masks import TripletIndices
+from deepmetric.miners._mining import masked_argmin
 from deepmetric.miners.base import MINERS, Miner
 
 
@@ -25,8 +25,7 @@ class HardestNegativeMiner(Miner):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> TripletIndices:
-        positives, negatives = pair_masks(labels, ref_labels)
-        far = farness(self.distance, embeddings, ref_embeddings)
+        far, positives, negatives = self.pair_farness(embeddings, labels, ref_embeddings, ref_labels)
         hardest, has_negative = masked_argmin(far, negatives)
         anchor, positive = (positives & has_negative[:, None]).nonzero(as_tuple=True)
         return anchor, positive, hardest[anchor]

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 
 from deepmetric.distances import Distance
-from deepmetric.masks import PairIndices, pair_masks
-from deepmetric.miners._mining import farness
+from deepmetric.masks import PairIndices
+from deepmetric.miners._mining import mask_pairs
 from deepmetric.miners.base import MINERS, Miner
 
 
@@ -40,16 +40,13 @@ class MultiSimilarityMiner(Miner):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> PairIndices:
-        positives, negatives = pair_masks(labels, ref_labels)
-        far = farness(self.distance, embeddings, ref_embeddings)
+        far, positives, negatives = self.pair_farness(embeddings, labels, ref_embeddings, ref_labels)
         # Rows without positives (negatives) give -inf (+inf), so nothing passes the comparisons below.
         hardest_positive = far.masked_fill(~positives, -torch.inf).amax(dim=1, keepdim=True)
         hardest_negative = far.masked_fill(~negatives, torch.inf).amin(dim=1, keepdim=True)
         negatives &= far - self.epsilon < hardest_positive
         positives &= far + self.epsilon > hardest_negative
-        anchor_p, positive = positives.nonzero(as_tuple=True)
-        anchor_n, negative = negatives.nonzero(as_tuple=True)
-        return anchor_p, positive, anchor_n, negative
+        return mask_pairs(positives, negatives)
 
     def extra_repr(self) -> str:
         return f"epsilon={self.epsilon}"

@@ -12,6 +12,7 @@ import torch
 
 from deepmetric.distances import Distance
 from deepmetric.masks import PairIndices, pair_masks
+from deepmetric.miners._mining import mask_pairs
 from deepmetric.miners.base import MINERS, Miner
 
 
@@ -36,9 +37,7 @@ class PairMarginMiner(Miner):
         # closer_by(x, margin) > 0: the pair is closer than the margin (for distances and similarities).
         positives &= self.distance.closer_by(matrix, torch.tensor(self.pos_margin, dtype=matrix.dtype)) < 0
         negatives &= self.distance.closer_by(matrix, torch.tensor(self.neg_margin, dtype=matrix.dtype)) > 0
-        anchor_p, positive = positives.nonzero(as_tuple=True)
-        anchor_n, negative = negatives.nonzero(as_tuple=True)
-        return anchor_p, positive, anchor_n, negative
+        return mask_pairs(positives, negatives)
 
     def extra_repr(self) -> str:
         return f"pos_margin={self.pos_margin}, neg_margin={self.neg_margin}"

@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 
 from deepmetric.distances import Distance
-from deepmetric.masks import TripletIndices, pair_masks
-from deepmetric.miners._mining import farness, rank_within_row
+from deepmetric.masks import TripletIndices
+from deepmetric.miners._mining import rank_within_row
 from deepmetric.miners.base import MINERS, Miner
 
 
@@ -47,8 +47,7 @@ class SemiHardMiner(Miner):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> TripletIndices:
-        positives, negatives = pair_masks(labels, ref_labels)
-        far = farness(self.distance, embeddings, ref_embeddings)
+        far, positives, negatives = self.pair_farness(embeddings, labels, ref_embeddings, ref_labels)
         anchor, positive = positives.nonzero(as_tuple=True)
         positive_far = far[anchor, positive]
         search = self._scan if len(anchor) <= self.scan_limit_per_anchor * len(far) else self._sorted_search

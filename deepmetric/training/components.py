@@ -15,7 +15,7 @@ from deepmetric.masks import PairIndices, TripletIndices
 from deepmetric.models import Backbone, EmbeddingHead, EmbeddingModel, build_backbone
 from deepmetric.models.ensemble import build_ensemble, meta_class_partitions
 from deepmetric.samplers import PKSampler
-from deepmetric.training.config import ExperimentConfig, SamplerConfig
+from deepmetric.training.config import ConfigError, ExperimentConfig, SamplerConfig
 
 # Loss constructor arguments the trainer fills in from the data and the model, never from the config
 # (``partitions``: the meta-class table of an ensemble's learners, drawn from the seed).
@@ -101,6 +101,15 @@ def build_optimizer(
     loss_params = [p for p in loss.parameters() if p.requires_grad]
     if loss_params:
         groups.append({"params": loss_params, "lr": opt.loss_lr if opt.loss_lr is not None else opt.lr})
+    if not groups:
+        if config.train.iterations > 0:
+            raise ConfigError(
+                "nothing to train: the backbone is frozen, there is no embedding head (model.embedding_size=0) "
+                "and the loss has no parameters; set model.embedding_size or train.iterations=0"
+            )
+        # An evaluation-only run (e.g. the untrained baseline) keeps an optimizer with nothing to update,
+        # so that checkpoints and resumption work as for any other run.
+        groups.append({"params": [], "lr": opt.lr})
     if opt.name == "adam":
         return torch.optim.Adam(groups, lr=opt.lr, weight_decay=opt.weight_decay)
     if opt.name == "adamw":
