@@ -13,6 +13,7 @@ import yaml
 from deepmetric.viz.compare import (
     markdown_table,
     plot_metric_bars,
+    plot_metric_panels,
     plot_metric_vs_param,
     results_from_runs,
     summarize,
@@ -123,3 +124,15 @@ def test_line_plot_needs_numeric_params():
     bad = [{"group": "a", "seed": 0, "metrics": {"m": 1.0}, "params": {"p": "large"}}]
     with pytest.raises(ValueError, match="numeric"):
         plot_metric_vs_param(bad, "p", "m")
+
+
+def test_metric_panels_have_one_panel_per_metric_and_one_bar_per_group():
+    summaries = summarize(rows())
+    figure = plot_metric_panels(summaries, ["recall@1", "map@r"])
+    assert len(figure.axes) == 2
+    for ax, metric in zip(figure.axes, ["recall@1", "map@r"]):
+        widths = [round(p.get_width(), 4) for p in ax.patches]
+        assert widths == [round(s.mean[metric], 4) for s in summaries]  # first group drawn on top
+        assert ax.get_title() == metric
+    with pytest.raises(ValueError, match="at least one group"):
+        plot_metric_panels([], ["recall@1"])

@@ -17,7 +17,7 @@ from typing import Any
 
 from deepmetric.benchmarking.runner import read_metrics, training_seconds
 from deepmetric.benchmarking.suite import RunSpec, Suite, format_value
-from deepmetric.viz.compare import GroupSummary, plot_metric_bars, plot_metric_vs_param, summarize
+from deepmetric.viz.compare import GroupSummary, plot_metric_panels, plot_metric_vs_param, summarize
 from deepmetric.viz.figures import save_figure
 
 # table column -> metric name written by deepmetric.evaluation
@@ -193,7 +193,7 @@ def _fmt(value: float | None) -> str:
 
 
 def write_plots(rows: Sequence[Row], vary: Sequence[str], out_dir: Path) -> list[Path]:
-    """Bars (mean ± std per row) and, per varied field and metric, the metric against the field."""
+    """Bars (mean ± std per row, a panel per metric) and, per varied field and metric, the metric against the field."""
     paths = []
     metrics = [m for m in TABLE_METRICS.values() if rows and all(m in r.summary.mean for r in rows)]
     if not rows or not metrics:
@@ -201,7 +201,7 @@ def write_plots(rows: Sequence[Row], vary: Sequence[str], out_dir: Path) -> list
     relabelled = [
         GroupSummary(_plot_label(r, vary), r.summary.seeds, r.summary.mean, r.summary.std) for r in rows
     ]
-    paths.append(save_figure(plot_metric_bars(relabelled, metrics), out_dir / "bars.png"))
+    paths.append(save_figure(plot_metric_panels(relabelled, metrics), out_dir / "bars.png"))
     for field_name in vary:
         results = []
         for row in rows:
@@ -264,12 +264,11 @@ def write_results(
         parts.append(comparison)
     if selected:
         parts.append("\n## Settings chosen on the validation classes\n")
-        parts.append("| Method | chosen | validation score |\n|---|---|---:|\n")
+        lines = ["| Method | chosen | validation score |", "|---|---|---:|"]
         for key, choice in selected.items():
             chosen = ", ".join(f"{k}={format_value(v)}" for k, v in choice["overrides"].items())
-            parts.append(
-                f"| {key} | {chosen} | {choice['metric']} {100 * choice['validation_score']:.1f} |\n"
-            )
+            lines.append(f"| {key} | {chosen} | {choice['metric']} {100 * choice['validation_score']:.1f} |")
+        parts.append("\n".join(lines) + "\n")
     paths = {"markdown": out_dir / "results.md", "csv": out_dir / "results.csv"}
     paths["markdown"].write_text("\n".join(parts))
     paths["csv"].write_text(csv_table(rows, vary, metrics))

@@ -7,6 +7,7 @@ shown); functions return the figure, and most accept an ``ax`` to draw into an e
 from deepmetric.viz.compare import (
     GroupSummary,
     plot_metric_bars,
+    plot_metric_panels,
     plot_metric_vs_param,
     results_from_runs,
     summarize,
@@ -23,6 +24,7 @@ __all__ = [
     "figure_to_png",
     "plot_embedding_map",
     "plot_metric_bars",
+    "plot_metric_panels",
     "plot_metric_vs_param",
     "plot_precision_recall",
     "plot_recall_at_k",

@@ -1,4 +1,4 @@
-"""Comparing runs: mean ± std across seeds per method, as Markdown, CSV, a bar chart and an HTML page.
+"""Comparing runs: mean ± std across seeds per method, as Markdown, CSV, bar charts and an HTML page.
 
 A *result* is one run: a mapping ``{"group": name, "seed": int, "metrics": {metric: value}}`` (``method``
 is accepted for ``group``) with optional ``"params": {config field: value}`` for plots against a varied
@@ -24,7 +24,7 @@ import yaml
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from deepmetric.viz.figures import figure_and_axes, figure_data_uri, save_figure
+from deepmetric.viz.figures import figure_and_axes, figure_data_uri, new_figure, save_figure
 from deepmetric.viz.report import render_page
 
 Result = Mapping[str, Any]
@@ -182,6 +182,34 @@ def plot_metric_bars(
     ax.set_ylabel("mean ± std across seeds")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")
+    return figure
+
+
+def plot_metric_panels(summaries: Sequence[GroupSummary], metrics: Sequence[str]) -> Figure:
+    """One panel per metric, one horizontal bar per group (first group on top) at its mean ± std.
+
+    Reads well with many groups, where grouped bars do not. Each panel's axis is zoomed to the groups'
+    range, since methods often differ by a point or two, and a dashed line marks the first group (the
+    baseline) so that every other row reads as better or worse than it.
+    """
+    if not summaries or not metrics:
+        raise ValueError("need at least one group and one metric to plot")
+    figure = new_figure(2.2 + 2.6 * len(metrics), 0.9 + 0.28 * len(summaries))
+    axes = figure.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    positions = np.arange(len(summaries))[::-1]
+    labels = [f"{s.group} (n={s.num_runs})" for s in summaries]
+    colours = ["tab:grey"] + ["tab:blue"] * (len(summaries) - 1)
+    for ax, metric in zip(axes, metrics):
+        means = np.array([s.mean[metric] for s in summaries])
+        stds = np.array([s.std[metric] for s in summaries])
+        ax.barh(positions, means, xerr=stds, color=colours, capsize=2, height=0.7)
+        low, high = float((means - stds).min()), float((means + stds).max())
+        pad = max(0.1 * (high - low), 0.005)
+        ax.set_xlim(max(0.0, low - pad), min(1.0, high + pad) if high <= 1 else high + pad)
+        ax.axvline(means[0], color="tab:grey", linestyle="--", linewidth=1)
+        ax.set_title(metric)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(positions, labels, fontsize="small")
     return figure
 
 
