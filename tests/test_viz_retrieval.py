@@ -114,7 +114,7 @@ def test_grid_has_one_panel_per_query_and_result_with_right_and_wrong_frames():
             assert to_hex(ax.spines["top"].get_edgecolor()) == expected
             assert f"euclidean {score_text(scores[r, c])}\n" in ax.get_xlabel()
             colors_seen.add(expected)
-        assert axes[r, 0].get_xlabel().startswith(f"query: {labels[query]}")
+        assert axes[r, 0].get_xlabel().startswith(f"{labels[query]}")
     assert colors_seen == {RIGHT_COLOR, WRONG_COLOR}  # the data give both kinds of results
     assert len(figure_to_png(figure)) > 5000
 
@@ -189,3 +189,12 @@ def test_worst_queries_needs_some_relevant_item():
     embeddings = np.eye(4, dtype=np.float32)
     with pytest.raises(ValueError, match="no query has a relevant"):
         worst_queries(embeddings, np.arange(4))
+
+
+def test_long_class_names_are_cut_to_fit_under_a_tile():
+    from deepmetric.viz.retrieval_grid import _CAPTION_CHARS, _class_name
+
+    names = ["064.Black_throated_Sparrow", "short"]
+    assert _class_name(np.array(1), names) == "short"
+    cut = _class_name(np.array(0), names)
+    assert len(cut) == _CAPTION_CHARS and cut.endswith("…") and names[0].startswith(cut[:-1])

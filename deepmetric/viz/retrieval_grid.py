@@ -29,11 +29,17 @@ QUERY_COLOR = "#1f4e9e"
 _TILE_PX = 96
 
 
+# Characters of a class name that fit under a tile at the caption's font size; longer names are cut.
+_CAPTION_CHARS = 18
+
+
 def _class_name(label: np.ndarray, class_names: Sequence[str] | None) -> str:
     if label.ndim:  # multi-hot row
         ids = np.flatnonzero(label)
-        return ",".join(class_names[i] if class_names is not None else str(i) for i in ids)
-    return class_names[int(label)] if class_names is not None else str(int(label))
+        name = ",".join(class_names[i] if class_names is not None else str(i) for i in ids)
+    else:
+        name = class_names[int(label)] if class_names is not None else str(int(label))
+    return name if len(name) <= _CAPTION_CHARS else name[: _CAPTION_CHARS - 1] + "…"
 
 
 def score_text(value: float) -> str:
@@ -130,7 +136,7 @@ def plot_retrieval_grid(
 
     figure, axes = _grid_figure(len(rows), k + 1, bool(title))
     for r, query in enumerate(rows):
-        caption = f"query: {_class_name(q_labels_np[query], class_names)}"
+        caption = _class_name(q_labels_np[query], class_names)  # the column's title says "query"
         if row_notes is not None:
             caption += f"\n{row_notes[r]}"
         _draw_tile(axes[r, 0], load_query_image(int(query)), QUERY_COLOR, caption)
