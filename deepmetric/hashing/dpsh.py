@@ -14,26 +14,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deepmetric.hashing.dtsh import _check_weight
-from deepmetric.hashing.quantization import quantization_penalty
-from deepmetric.losses.base import LOSSES, MetricLoss
+from deepmetric.hashing.quantization import QuantizedCodeLoss
+from deepmetric.losses.base import LOSSES
 from deepmetric.masks import PairIndices, TripletIndices
 
 
 @LOSSES.register("dpsh")
-class DPSHLoss(MetricLoss):
-    default_distance = "dot"
-
+class DPSHLoss(QuantizedCodeLoss):
     def __init__(self, quantization_weight: float = 0.1, reduction: str = "mean") -> None:
-        super().__init__(distance="dot", reduction=reduction)
-        _check_weight("quantization_weight", quantization_weight, reduction)
-        self.quantization_weight = quantization_weight
-
-    def forward(self, embeddings, labels, indices=None, ref_embeddings=None, ref_labels=None) -> torch.Tensor:
-        loss = super().forward(embeddings, labels, indices, ref_embeddings, ref_labels)
-        if self.quantization_weight:
-            loss = loss + self.quantization_weight * quantization_penalty(embeddings)
-        return loss
+        super().__init__(quantization_weight, reduction)
 
     def compute(
         self,

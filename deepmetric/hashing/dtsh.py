@@ -20,36 +20,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deepmetric.hashing.quantization import quantization_penalty
-from deepmetric.losses.base import LOSSES, MetricLoss
+from deepmetric.hashing.quantization import QuantizedCodeLoss
+from deepmetric.losses.base import LOSSES
 from deepmetric.losses.triplet import _BatchAllTriplet
 from deepmetric.masks import PairIndices, TripletIndices, to_triplets
 
 
-def _check_weight(name: str, value: float, reduction: str) -> None:
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    if value > 0 and reduction == "none":
-        raise ValueError(f"reduction='none' returns per-element losses without the batch term; set {name}=0")
-
-
 @LOSSES.register("dtsh")
-class DTSHLoss(MetricLoss):
-    default_distance = "dot"
-
+class DTSHLoss(QuantizedCodeLoss):
     def __init__(
         self, margin: float = 5.0, quantization_weight: float = 1.0, reduction: str = "mean"
     ) -> None:
-        super().__init__(distance="dot", reduction=reduction)
-        _check_weight("quantization_weight", quantization_weight, reduction)
+        super().__init__(quantization_weight, reduction)
         self.margin = margin
-        self.quantization_weight = quantization_weight
-
-    def forward(self, embeddings, labels, indices=None, ref_embeddings=None, ref_labels=None) -> torch.Tensor:
-        loss = super().forward(embeddings, labels, indices, ref_embeddings, ref_labels)
-        if self.quantization_weight:
-            loss = loss + self.quantization_weight * quantization_penalty(embeddings)
-        return loss
 
     def compute(
         self,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from deepmetric.losses.base import MetricLoss
+
 SCHEDULES = ("constant", "linear", "geometric")
 
 
@@ -23,6 +25,29 @@ def quantization_penalty(codes: torch.Tensor) -> torch.Tensor:
 
 def bit_balance_penalty(codes: torch.Tensor) -> torch.Tensor:
     return (codes.mean(dim=0) ** 2).mean()
+
+
+class QuantizedCodeLoss(MetricLoss):
+    """Base of the hashing losses on relaxed codes (DTSH, DPSH): the subclass's loss on the codes' inner
+    products plus ``quantization_weight * Q(U)``, a term over the whole batch."""
+
+    default_distance = "dot"
+
+    def __init__(self, quantization_weight: float, reduction: str) -> None:
+        super().__init__(distance="dot", reduction=reduction)
+        if quantization_weight < 0:
+            raise ValueError(f"quantization_weight must be >= 0, got {quantization_weight}")
+        if quantization_weight > 0 and reduction == "none":
+            raise ValueError(
+                "reduction='none' returns per-element losses without the batch term; set quantization_weight=0"
+            )
+        self.quantization_weight = quantization_weight
+
+    def forward(self, embeddings, labels, indices=None, ref_embeddings=None, ref_labels=None) -> torch.Tensor:
+        loss = super().forward(embeddings, labels, indices, ref_embeddings, ref_labels)
+        if self.quantization_weight:
+            loss = loss + self.quantization_weight * quantization_penalty(embeddings)
+        return loss
 
 
 class AlphaSchedule:
