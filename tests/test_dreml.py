@@ -14,8 +14,9 @@ import torch.nn.functional as F
 import deepmetric.losses as losses_pkg
 from deepmetric.models import EmbeddingHead, build_backbone
 from deepmetric.models.ensemble import EnsembleModel, build_ensemble, meta_class_partitions
-from deepmetric.training import load_config, train
+from deepmetric.training import train
 from deepmetric.training.config import ConfigError
+from tests.demo_configs import TINY_RUN, demo_config
 
 
 def softmax_reference(
@@ -144,22 +145,8 @@ def test_ensemble_model_independent_and_shared_backbones():
     assert shared.embed_features(features.mean(dim=(-2, -1))).shape == (5, 24)
 
 
-TINY = [
-    "model.backbone_options={in_channels: 1, image_size: 8, width: 8}",
-    "model.embedding_size=8",
-    "sampler.classes_per_batch=5",
-    "sampler.samples_per_class=4",
-    "train.iterations=4",
-    "train.log_every=2",
-    "eval.metrics=[recall@1, knn_accuracy@3]",
-    "optimizer.lr=0.01",
-]
-
-
 def tiny_config(*extra: str):
-    from deepmetric.cli import demo_config_path
-
-    return load_config(demo_config_path(), TINY + list(extra))
+    return demo_config(*TINY_RUN, *extra)
 
 
 def test_ensemble_config_validation():

@@ -12,25 +12,13 @@ import torch
 
 from deepmetric.data import ArrayDataset
 from deepmetric.data.pairs import PairDataset, TripletDataset, TupleBatchSampler, tuple_indices
-from deepmetric.training import load_config, train
+from deepmetric.training import train
 from deepmetric.training.config import ConfigError
-
-TINY = [
-    "model.backbone_options={in_channels: 1, image_size: 8, width: 8}",
-    "model.embedding_size=8",
-    "sampler.classes_per_batch=5",
-    "sampler.samples_per_class=4",
-    "train.iterations=4",
-    "train.log_every=2",
-    "eval.metrics=[recall@1, knn_accuracy@3]",
-    "optimizer.lr=0.01",
-]
+from tests.demo_configs import TINY_RUN, demo_config
 
 
 def tiny_config(*extra: str):
-    from deepmetric.cli import demo_config_path
-
-    return load_config(demo_config_path(), TINY + list(extra))
+    return demo_config(*TINY_RUN, *extra)
 
 
 def labelled(counts=(5, 3, 1, 4)) -> ArrayDataset:

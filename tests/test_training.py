@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from deepmetric.training import Trainer, load_config, load_model, resume, train
+from deepmetric.training import Trainer, load_model, resume, train
 from deepmetric.training.checkpoint import atomic_write
+from tests.demo_configs import demo_config
 
 TINY = [
     "model.backbone_options={in_channels: 1, image_size: 8, width: 8}",
@@ -23,9 +24,7 @@ TINY = [
 
 
 def tiny_config(*extra: str):
-    from deepmetric.cli import demo_config_path
-
-    return load_config(demo_config_path(), TINY + list(extra))
+    return demo_config(*TINY, *extra)
 
 
 def log_without_times(run_dir):
