@@ -2,12 +2,12 @@
 
 (a) speed and memory: exact Hamming k-NN over N random 64-bit codes (deepmetric.hashing.hamming_knn, and
     faiss' IndexBinaryFlat when installed) vs exact float k-NN over N x 128 float32 vectors (torch matmul +
-    topk over database chunks: the reference, and faiss' IndexFlatL2 when installed); same queries and k.
-    The CPU kernel is XOR + numpy's popcount on 64-bit words in cache-sized slices, query blocks on torch's
-    threads, and a counting selection (no sort of distances); the line above the table gives the measured
-    ns per pair of its two passes on one thread, the bound on its speed.
-    Each side runs in its own subprocess: its peak RSS (``ru_maxrss``: data, index and working memory,
-    imports included) and its database bytes belong to it alone. Goal: Hamming >= 20x faster, 16x smaller.
+    topk over database chunks: the reference; deepmetric's own float search, evaluation.knn; and faiss'
+    IndexFlatL2 when installed); same queries and k. deepmetric's CPU kernels are the compiled ones of
+    deepmetric.native (the line above the table says whether they were built, or the numpy/torch
+    fallbacks ran). Each side runs in its own subprocess: its peak RSS (``ru_maxrss``: data, index and
+    working memory, imports included) and its database bytes belong to it alone. Goal: Hamming >= 20x
+    faster, 16x smaller.
 
 (b) CIFAR-10 retrieval quality of learned codes (the DeepHash setting): database/training =
     cifar10_train10k.npz, queries = 1,000 test images (100 per class); frozen EfficientNet-Lite0 features
@@ -99,6 +99,11 @@ def worker(side: str, size: int, num_queries: int, k: int) -> dict:
             start = time.perf_counter()
             with torch.no_grad():
                 _float_knn_torch(queries, database, k, chunk=65536)
+        elif side == "float_deepmetric":
+            from deepmetric.evaluation import knn
+
+            start = time.perf_counter()
+            knn(queries, k, database, distance="squared_euclidean", device="cpu")
         else:
             import faiss
 
@@ -114,26 +119,6 @@ def worker(side: str, size: int, num_queries: int, k: int) -> dict:
         "added_mb": peak_mb - baseline_mb,
         "database_mb": database_bytes / 2**20,
     }
-
-
-def _kernel_rates() -> str:
-    """ns per pair of the two passes of the Hamming distance (XOR, popcount): the ceiling of the CPU path."""
-    rng = np.random.default_rng(0)
-    query, database = rng.integers(0, 2**63, (32, 1), np.uint64), rng.integers(0, 2**63, 4096, np.uint64)
-    xor, counts = np.empty((32, 4096), np.uint64), np.empty((32, 4096), np.uint8)
-    rates = {}
-    for name, step in (
-        ("xor", lambda: np.bitwise_xor(query, database, out=xor)),
-        ("popcount", lambda: np.bitwise_count(xor, out=counts)),
-    ):
-        best = float("inf")
-        for _ in range(20):
-            start = time.perf_counter()
-            for _ in range(20):
-                step()
-            best = min(best, (time.perf_counter() - start) / (20 * xor.size) * 1e9)
-        rates[name] = best
-    return ", ".join(f"{name} {rate:.2f} ns/pair" for name, rate in rates.items())
 
 
 def _current_rss_mb() -> float:
@@ -153,13 +138,16 @@ def part_a(args: argparse.Namespace) -> None:
 
     import torch
 
-    sides = ["float_torch", "hamming"]
+    sides = ["float_torch", "float_deepmetric", "hamming"]
     if importlib.util.find_spec("faiss") is not None:
         sides += ["faiss_float", "faiss_binary"]
     print(f"(a) exact k-NN: {args.queries} queries, k={args.k}, database {args.size:,} items")
     threads = torch.get_num_threads()
     print(f"    float: {FLOAT_DIM}-d float32; hamming: {BITS}-bit codes; torch threads {threads}")
-    print("    numpy kernel, one thread, 2^17 pairs in cache: " + _kernel_rates())
+    from deepmetric import native
+
+    kernel = "native (compiled C)" if native.available() else "numpy fallback (no C compiler)"
+    print(f"    deepmetric CPU kernels: {kernel}")
     print("    memory: peak RSS of the side's process minus its RSS after imports (data + index + search)")
     print(f"    time: the best of {args.repeats} rounds, the sides taking turns (the machine's load varies)")
     runs = [
@@ -169,6 +157,7 @@ def part_a(args: argparse.Namespace) -> None:
     reference = results["float_torch"]
     names = {
         "float_torch": f"float {FLOAT_DIM}-d, torch matmul+topk (reference)",
+        "float_deepmetric": f"float {FLOAT_DIM}-d, deepmetric evaluation.knn",
         "faiss_float": f"float {FLOAT_DIM}-d, faiss IndexFlatL2",
         "hamming": f"hamming {BITS}-bit, deepmetric hamming_knn",
         "faiss_binary": f"hamming {BITS}-bit, faiss IndexBinaryFlat",

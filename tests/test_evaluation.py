@@ -8,11 +8,13 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from deepmetric import native
 from deepmetric.distances import get_distance
 from deepmetric.evaluation import evaluate, evaluate_detailed, kmeans, knn, parse_metric
+from deepmetric.evaluation.knn import symmetric_topk
 
 ALL_RETRIEVAL = (
     "recall@1",
@@ -25,6 +27,9 @@ ALL_RETRIEVAL = (
     "map@3",
     "mrr",
 )
+
+# Every test runs with the native selection kernels and with the torch code they replace.
+pytestmark = pytest.mark.usefixtures("cpu_kernel")
 
 
 def reference_metrics(
@@ -137,7 +142,7 @@ def integer_problem(draw):
     return x, labels
 
 
-@settings(deadline=None, max_examples=60)
+@settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     problem=integer_problem(),
     distance=st.sampled_from(["dot", "squared_euclidean"]),
@@ -158,7 +163,7 @@ def test_matches_reference_on_ties(problem, distance, split, budget, average):
     assert_same(ours, reference_metrics(*args, metrics, distance, average=average))
 
 
-@settings(deadline=None, max_examples=30)
+@settings(deadline=None, max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(problem=integer_problem(), columns=st.integers(1, 4), seed=st.integers(0, 1000))
 def test_multi_hot_labels_match_reference(problem, columns, seed):
     x, _ = problem
@@ -168,7 +173,7 @@ def test_multi_hot_labels_match_reference(problem, columns, seed):
     assert_same(ours, reference_metrics(x, multi_hot, None, None, ALL_RETRIEVAL, "dot"))
 
 
-@settings(deadline=None, max_examples=30)
+@settings(deadline=None, max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(problem=integer_problem(), id_count=st.integers(1, 8))
 def test_duplicate_ids_are_excluded(problem, id_count):
     x, labels = problem
@@ -425,3 +430,30 @@ def test_distance_blocks_equal_the_shared_pairwise_distances(distance):
     # blocks share one buffer, so each is copied before the next one is computed
     blocks = [block.scores.clone() for block in distance_blocks(query, gallery, dist, 4, False)]
     assert torch.allclose(torch.cat(blocks), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("distance", ["dot", "squared_euclidean"])
+@pytest.mark.parametrize(("band", "width"), [(1024, 4096), (64, 64), (100, 256)])
+def test_leave_one_out_over_several_tiles_equals_brute_force(distance: str, band: int, width: int) -> None:
+    """The symmetric tiling (each tile computed once, read by rows and by columns) over one tile and over
+    several, band and tile edges not aligned, with massive exact ties (small integers: every product is
+    exact) and duplicate ids, equals a full stable sort of the whole matrix; so does the public knn."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(-2, 3, size=(700, 5)).astype(np.float32)
+    ids = rng.integers(0, 600, size=700)
+    d = get_distance(distance)
+    largest = d.is_similarity
+    full = d.pairwise(torch.from_numpy(x).double())
+    full = full.masked_fill(
+        torch.from_numpy(ids[:, None] == ids[None, :]), -math.inf if largest else math.inf
+    )
+    expected_values, expected_indices = full.sort(dim=1, descending=largest, stable=True)
+    expected_values = expected_values[:, :40]
+    expected_indices = torch.where(torch.isinf(expected_values), -1, expected_indices[:, :40])
+    values, indices = knn(x, 40, distance=distance, query_ids=ids, device="cpu")
+    torch.testing.assert_close(values.double(), expected_values)
+    assert torch.equal(indices, expected_indices)
+    if native.available():
+        values, indices = symmetric_topk(torch.from_numpy(x), d, 40, torch.from_numpy(ids), band, width)
+        torch.testing.assert_close(values.double(), expected_values)
+        assert torch.equal(indices, expected_indices)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from deepmetric import native
 from deepmetric.hashing import (
     FaissBinaryIndex,
     HammingIndex,
@@ -103,7 +104,7 @@ def test_popcount64_of_extreme_words() -> None:
 
 
 @pytest.mark.parametrize(("bits", "budget"), [(16, 4096), (64, 2**20), (100, 50_000)])
-def test_hamming_knn_equals_brute_force_with_index_tie_break(bits: int, budget: int) -> None:
+def test_hamming_knn_equals_brute_force_with_index_tie_break(bits: int, budget: int, cpu_kernel: str) -> None:
     rng = np.random.default_rng(bits)
     db = random_signs(rng, 700, bits)
     db[500:520] = db[3]  # exact duplicates: ties at distance 0 must come out by index
@@ -121,7 +122,9 @@ def test_hamming_knn_equals_brute_force_with_index_tie_break(bits: int, budget: 
 @pytest.mark.parametrize(
     ("bits", "threads", "budget", "k"), [(64, 1, 3000, 40), (64, 3, 2**20, 5), (300, 2, 9000, 25)]
 )
-def test_cpu_knn_blocks_threads_and_slices_stay_exact(bits: int, threads: int, budget: int, k: int) -> None:
+def test_cpu_knn_blocks_threads_and_slices_stay_exact(
+    bits: int, threads: int, budget: int, k: int, cpu_kernel: str
+) -> None:
     """Slices narrower than k (no threshold until k codes are seen), candidate pruning, several query
     blocks on several threads, and uint16 distances beyond 255 bits."""
     rng = np.random.default_rng(bits + threads)
@@ -142,6 +145,22 @@ def test_cpu_knn_blocks_threads_and_slices_stay_exact(bits: int, threads: int, b
     for q in range(len(queries)):
         expected = sorted((reference[q, j], j) for j in range(len(db)) if reference[q, j] <= 30)
         assert list(zip(radius_d[lims[q] : lims[q + 1]], radius_i[lims[q] : lims[q + 1]])) == expected
+
+
+@pytest.mark.parametrize(("size", "queries", "k"), [(1001, 13, 1), (1003, 9, 300), (8195 + 3, 5, 64)])
+def test_native_hamming_knn_tails_and_large_k(size: int, queries: int, k: int) -> None:
+    """One-word codes: database sizes that are no multiple of the 4-code vector or of the 8192-code tile,
+    query counts that leave a remainder after the groups of four, and a k above the buffer's 4k regime."""
+    if not native.available():
+        pytest.skip("the native kernels could not be built here (no C compiler)")
+    rng = np.random.default_rng(size)
+    db = random_signs(rng, size, 64)
+    db[size // 2 :: 97] = db[0]  # exact ties with the first query
+    query = np.concatenate([db[:1], random_signs(rng, queries - 1, 64)])
+    expected_d, expected_i = slow_knn(slow_hamming(query, db), k)
+    distances, indices = hamming_knn(pack_bits(query), pack_bits(db), k)
+    np.testing.assert_array_equal(distances, expected_d)
+    np.testing.assert_array_equal(indices, expected_i)
 
 
 def test_device_path_knn_and_radius_run_on_cpu_tensors() -> None:

@@ -30,11 +30,14 @@ from deepmetric.evaluation.knn import (
     distance_blocks,
     encode_ids,
     full_ranking,
+    native_selection,
     probe_columns,
     resolve_device,
     rows_per_block,
+    symmetric_topk,
     to_float_tensor,
     topk_bounded,
+    topk_native,
 )
 from deepmetric.evaluation.metrics import (
     MetricSpec,
@@ -202,6 +205,12 @@ def _relevant_counts(
     return counts - torch.where(keys[position] == query_keys, key_counts[position], 0)
 
 
+def _neighbour_count(specs: list[MetricSpec], num_relevant: torch.Tensor) -> int:
+    """How many ranked neighbours the metrics read: every K asked, and every row's ``R`` where needed."""
+    k = max(neighbours_needed(specs), 1)
+    return max(k, int(num_relevant.max())) if needs_r_neighbours(specs) else k
+
+
 def _block_values(
     block: Block,
     specs: list[MetricSpec],
@@ -228,26 +237,23 @@ def _block_values(
     # rank every row of the block (no copy of the block), then keep the rows with a relevant item
     if needs_full_ranking(specs):
         values, indices = full_ranking(block.scores, largest)
+    elif native_selection(block.scores.device):
+        values, indices = topk_native(block.scores, _neighbour_count(specs, num_relevant), largest)
     else:
-        k = max(neighbours_needed(specs), 1)
-        row_k = None
-        if needs_r_neighbours(specs):
-            k = max(k, int(num_relevant.max()))
-            if not any(s.kind == "mrr" for s in specs):  # mrr reads every slot of the top k
-                row_k = num_relevant.clamp_min(max(neighbours_needed(specs), 1))
+        k, row_k = _neighbour_count(specs, num_relevant), None
+        if needs_r_neighbours(specs) and not any(s.kind == "mrr" for s in specs):  # mrr reads all k slots
+            row_k = num_relevant.clamp_min(max(neighbours_needed(specs), 1))
         probe_values = _probe_values(block, labels, probes, largest)
         values, indices = topk_bounded(block.scores, k, largest, probe_values, row_k)
     kept_rows = has_relevant.nonzero().flatten()
-    values, indices, num_relevant = values[kept_rows], indices[kept_rows], num_relevant[kept_rows]
-    query_labels = labels.query[rows][kept_rows]
-    valid = ~torch.isinf(values)
-    indices = indices.clamp_min(0)  # empty slots (-1) are invalid anyway
-    if labels.multi_hot:
-        relevant = relevance[kept_rows].gather(1, indices)
-    else:
-        relevant = labels.gallery[indices] == query_labels[:, None]
-    relevant &= valid
-
+    relevant = _relevant_neighbours(
+        values[kept_rows],
+        indices[kept_rows],
+        labels,
+        rows,
+        kept_rows,
+        None if relevance is None else relevance[kept_rows],
+    )
     first_rank = None
     if any(s.kind == "mrr" for s in specs):
         found = relevant.any(1)
@@ -255,27 +261,107 @@ def _block_values(
         if not bool(found.all()):
             missing_rows = kept_rows[~found]
             if relevance is None:
+                query_labels = labels.query[rows][missing_rows]
                 row_relevance = block.exclude_from(
-                    labels.gallery[None, :] == query_labels[~found, None], missing_rows
+                    labels.gallery[None, :] == query_labels[:, None], missing_rows
                 )
             else:
                 row_relevance = relevance[missing_rows]
             first_rank[~found] = _first_relevant_rank_outside_top(
                 block.scores[missing_rows], row_relevance, largest
             )
+    return has_relevant, _metric_values(
+        specs,
+        relevant,
+        values[kept_rows],
+        indices[kept_rows],
+        num_relevant[kept_rows],
+        labels,
+        rows,
+        kept_rows,
+        first_rank,
+    )
 
-    results = {}
-    for spec in specs:
-        results[spec.name] = per_query_values(
+
+def _relevant_neighbours(
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    labels: _Labels,
+    rows: slice,
+    kept_rows: torch.Tensor,
+    relevance: torch.Tensor | None,
+) -> torch.Tensor:
+    """``rows x k`` booleans: which ranked neighbours are relevant (empty slots never are)."""
+    indices = indices.clamp_min(0)  # empty slots (-1) are invalid anyway
+    if relevance is not None:
+        relevant = relevance.gather(1, indices)
+    else:
+        relevant = labels.gallery[indices] == labels.query[rows][kept_rows][:, None]
+    return relevant & ~torch.isinf(values)
+
+
+def _metric_values(
+    specs: list[MetricSpec],
+    relevant: torch.Tensor,
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    num_relevant: torch.Tensor,
+    labels: _Labels,
+    rows: slice,
+    kept_rows: torch.Tensor,
+    first_rank: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """``{name: per-query values}`` of the kept rows from their ranked neighbours."""
+    neighbour_labels = None if labels.multi_hot else labels.gallery[indices.clamp_min(0)]
+    query_labels = labels.query[rows][kept_rows]
+    return {
+        spec.name: per_query_values(
             spec,
             relevant,
             num_relevant,
             first_relevant_rank=first_rank,
-            neighbour_labels=None if labels.multi_hot else labels.gallery[indices],
-            neighbour_valid=valid,
+            neighbour_labels=neighbour_labels,
+            neighbour_valid=~torch.isinf(values),
             query_labels=query_labels,
         )
-    return has_relevant, results
+        for spec in specs
+    }
+
+
+def _leave_one_out_values(
+    query: torch.Tensor,
+    specs: list[MetricSpec],
+    labels: _Labels,
+    relevant_counts: torch.Tensor,
+    distance: Distance,
+    query_codes: torch.Tensor | None,
+) -> list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
+    """``(start, has_relevant, values)`` per band of queries, from one :func:`symmetric_topk` of all."""
+    values, indices = symmetric_topk(query, distance, _neighbour_count(specs, relevant_counts), query_codes)
+    results = []
+    band = 8192
+    for start in range(0, len(query), band):
+        rows = slice(start, min(start + band, len(query)))
+        has_relevant = relevant_counts[rows] > 0
+        if not bool(has_relevant.any()):
+            results.append((start, has_relevant, {}))
+            continue
+        kept_rows = has_relevant.nonzero().flatten()
+        kept_values, kept_indices = values[rows][kept_rows], indices[rows][kept_rows]
+        relevant = _relevant_neighbours(kept_values, kept_indices, labels, rows, kept_rows, None)
+        metric_values = _metric_values(
+            specs,
+            relevant,
+            kept_values,
+            kept_indices,
+            relevant_counts[rows][kept_rows],
+            labels,
+            rows,
+            kept_rows,
+            None,
+        )
+        results.append((start, has_relevant, metric_values))
+    return results
 
 
 def _average(values: np.ndarray, classes: np.ndarray, average: str) -> float:
@@ -363,19 +449,33 @@ def evaluate_detailed(
             if labels.multi_hot
             else _relevant_counts(labels, gallery_counts, leave_one_out, query_codes, gallery_codes)
         )
-        probes = _make_probes(labels, num_classes, len(gallery), device)
-        rows = rows_per_block(len(gallery), memory_budget_mb, needs_full_ranking(neighbour_specs))
-        blocks = distance_blocks(query, gallery, distance, rows, leave_one_out, query_codes, gallery_codes)
-        for block in blocks:
-            has_relevant, values = _block_values(
-                block,
-                neighbour_specs,
-                labels,
-                relevant_counts,
-                distance.is_similarity,
-                probes,
+        if (
+            leave_one_out
+            and native_selection(device)
+            and not labels.multi_hot
+            and not needs_full_ranking(neighbour_specs)
+            and not any(s.kind == "mrr" for s in neighbour_specs)
+        ):
+            bands = _leave_one_out_values(
+                query, neighbour_specs, labels, relevant_counts, distance, query_codes
             )
-            kept = block.start + has_relevant.nonzero().flatten().cpu().numpy()
+        else:
+            probes = _make_probes(labels, num_classes, len(gallery), device)
+            rows = rows_per_block(len(gallery), memory_budget_mb, needs_full_ranking(neighbour_specs))
+            blocks = distance_blocks(
+                query, gallery, distance, rows, leave_one_out, query_codes, gallery_codes
+            )
+            bands = (
+                (
+                    block.start,
+                    *_block_values(
+                        block, neighbour_specs, labels, relevant_counts, distance.is_similarity, probes
+                    ),
+                )
+                for block in blocks
+            )
+        for start, has_relevant, values in bands:
+            kept = start + has_relevant.nonzero().flatten().cpu().numpy()
             num_without_relevant += int((~has_relevant).sum())
             for name, block_values in values.items():
                 per_query[name][kept] = block_values.cpu().numpy()

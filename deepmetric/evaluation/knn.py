@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from deepmetric import linalg, native
 from deepmetric.checks import check_embeddings
 from deepmetric.distances import (
     CosineSimilarity,
@@ -162,12 +163,12 @@ def _pairwise_into(
 ) -> torch.Tensor:
     """``ranked._pairwise(query, gallery)``, written into ``out`` for the built-in distances: reusing one
     buffer spares a fresh block allocation (and its page faults) per block, which costs about as much as
-    the matrix product itself on a CPU."""
+    the matrix product itself on a CPU. ``out`` must be contiguous."""
     if type(ranked) in (DotProductSimilarity, CosineSimilarity):
-        return torch.mm(query, gallery.T, out=out)
+        return linalg.matmul(query, gallery.T, out=out)
     if type(ranked) is SquaredEuclideanDistance:
-        torch.addmm(gallery_norms[None, :], query, gallery.T, alpha=-2, out=out)
-        return out.add_((query * query).sum(1, keepdim=True)).clamp_min_(0)
+        linalg.matmul(query * -2, gallery.T, out=out)
+        return out.add_(gallery_norms[None, :]).add_((query * query).sum(1, keepdim=True)).clamp_min_(0)
     return ranked._pairwise(query, gallery)
 
 
@@ -263,6 +264,67 @@ def topk_bounded(
     return values.masked_fill_(beyond, worst), indices.masked_fill_(beyond, -1)
 
 
+def native_selection(device: torch.device) -> bool:
+    """Whether blocks on ``device`` are ranked by the native streaming top-k (CPU, kernels built)."""
+    return device.type == "cpu" and native.available()
+
+
+def topk_native(scores: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`topk_deterministic` in one pass over the block (:class:`deepmetric.native.TopK`); excluded
+    entries (``+-inf``) come out as the worst value with index ``-1``, as :func:`mark_excluded` marks them."""
+    k = min(k, scores.shape[1])
+    selection = native.TopK(len(scores), k, largest)
+    selection.offer_rows(scores, 0, 0)
+    return selection.result()
+
+
+def symmetric_topk(
+    embeddings: torch.Tensor,
+    distance: Distance,
+    k: int,
+    ids: torch.Tensor | None = None,
+    band: int = 1024,
+    width: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leave-one-out ``k`` nearest neighbours of every row of ``embeddings`` (CPU, ``distance.prepare`` d)
+    among the other rows: ``(ranked values, indices)`` as :func:`topk_native` gives them.
+
+    The distance matrix is symmetric, so only its upper triangle is computed, in tiles of ``band`` rows x
+    ``width`` columns: each tile serves its rows (:meth:`~deepmetric.native.TopK.offer_rows`) and,
+    transposed, its columns right of the band's own square (:meth:`~deepmetric.native.TopK.offer_columns`):
+    half the matrix products of a block-by-block scan. Tiles go band by band, left to right, so every row
+    meets its candidates in index order, as the streaming selection requires.
+    ``ids``: rows sharing an id are excluded from each other's lists.
+    """
+    ranked = ranking_distance(distance)
+    worst = -torch.inf if ranked.is_similarity else torch.inf
+    n = len(embeddings)
+    k = min(k, n)  # as a block-by-block scan: slots beyond the n - 1 others hold -1
+    width = max(width, band)  # a band's own square must lie within its first tile
+    norms = (embeddings * embeddings).sum(1) if type(ranked) is SquaredEuclideanDistance else None
+    selection = native.TopK(n, k, ranked.is_similarity)
+    buffer = embeddings.new_empty(band * width)
+    for i0 in range(0, n, band):
+        i1 = min(i0 + band, n)
+        for j0 in range(i0, n, width):
+            j1 = min(j0 + width, n)
+            block = buffer[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
+            block = _pairwise_into(ranked, embeddings[i0:i1], embeddings[j0:j1], _part(norms, j0, j1), block)
+            if ids is not None:
+                block.masked_fill_(ids[i0:i1, None] == ids[None, j0:j1], worst)
+            if j0 == i0:
+                block.fill_diagonal_(worst)
+            selection.offer_rows(block, j0, i0)
+            transposed_from = max(j0, i1)  # the band's square was offered whole, row by row
+            if transposed_from < j1:
+                selection.offer_columns(block[:, transposed_from - j0 :], i0, transposed_from)
+    return selection.result()
+
+
+def _part(norms: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+    return None if norms is None else norms[start:stop]
+
+
 def full_ranking(scores: torch.Tensor, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Every row sorted closest first; a stable sort keeps lower column indices first among ties."""
     return scores.sort(dim=1, descending=largest, stable=True)
@@ -324,10 +386,14 @@ def knn(
         q_codes, g_codes = torch.from_numpy(q_np).to(device), torch.from_numpy(g_np).to(device)
     query_t, gallery_t = distance.prepare(query_t), distance.prepare(gallery_t)
     largest = distance.is_similarity
+    if gallery is None and native_selection(device):
+        values, indices = symmetric_topk(query_t, distance, k, q_codes)
+        return to_reported_values(values, distance), indices
     all_values, all_indices = [], []
     rows = rows_per_block(len(gallery_t), memory_budget_mb)
+    rank = topk_native if native_selection(device) else topk_deterministic
     for block in distance_blocks(query_t, gallery_t, distance, rows, gallery is None, q_codes, g_codes):
-        values, indices = topk_deterministic(block.scores, k, largest)
+        values, indices = rank(block.scores, k, largest)
         all_values.append(to_reported_values(values, distance).cpu())
         all_indices.append(mark_excluded(values, indices).cpu())
     return torch.cat(all_values), torch.cat(all_indices)

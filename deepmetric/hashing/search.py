@@ -3,7 +3,13 @@
 All functions take packed uint8 codes (:func:`deepmetric.hashing.packing.pack_bits`) as numpy arrays or
 torch tensors (CPU or CUDA) and answer in the same kind. Distances are XOR + popcount over 64-bit words.
 
-CPU (numpy arrays and CPU tensors): the queries are split into blocks that ``torch.get_num_threads()``
+CPU (numpy arrays and CPU tensors), k-NN: the native kernel (:mod:`deepmetric.native`, compiled on first
+use) scans the database once per group of four queries, four codes per AVX2 vector (XOR, nibble-table
+popcount), and keeps each query's candidates under a running bound, one comparison per pair; the queries
+are split over ``torch.get_num_threads()`` threads. Without a C compiler, and for radius search, the
+numpy kernel below runs instead (same results).
+
+numpy kernel: the queries are split into blocks that ``torch.get_num_threads()``
 worker threads scan in parallel (numpy releases the GIL). A block meets the database in slices of about
 2^17 pairs, so the XOR buffer (8 bytes a pair) stays in L2: one XOR and one hardware popcount (numpy's
 ``bitwise_count``) per 64-bit word, into uint8 distances. Selection never sorts distances: they are small
@@ -29,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from deepmetric import native
 from deepmetric.hashing.packing import ArrayLike, as_words64, check_packed
 
 DEFAULT_MEMORY_BUDGET = 64 * 2**20
@@ -156,6 +163,8 @@ def _scan_numpy(
 def _knn_numpy(
     query: np.ndarray, database: np.ndarray, k: int, memory_budget: int
 ) -> tuple[np.ndarray, np.ndarray]:
+    if native.available():
+        return native.hamming_knn(np.ascontiguousarray(query), np.ascontiguousarray(database), k)
     levels, num_db = 64 * query.shape[1] + 1, database.shape[0]
     blocks = _scan_numpy(query, database, memory_budget, k=k)
     within = np.concatenate([keys for _, keys in blocks]) % (levels * num_db)

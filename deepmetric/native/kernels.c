@@ -1,0 +1,301 @@
+/* deepmetric's native kernels: streaming exact k-nearest-neighbour selection.
+ *
+ * Loaded through ctypes by deepmetric/native/__init__.py, which compiles this file on first use. Every
+ * function works on caller-owned buffers and touches no Python object, so the callers run them on
+ * several threads at once (ctypes releases the GIL), each thread on its own rows.
+ *
+ * Both kernels scan candidates in increasing index order and keep, per query, a buffer of candidates
+ * and a bound. Once the buffer holds the k best candidates so far, a new candidate (whose index is
+ * larger than every index seen) can only enter the final top k if it is strictly better than the
+ * current k-th best: on a tie it loses to the lower index. So the hot loop is one comparison against
+ * the bound per candidate; when the buffer fills up it is cut back to its k best and the bound rises.
+ * Results are ordered best first, ties by lower index: the same answer as a stable full sort.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+/* ------------------------------------------------------------------------------ Hamming k-NN */
+
+/* A candidate is one uint64 key, distance << 40 | index: sorting keys sorts by (distance, index). */
+#define INDEX_BITS 40
+#define INDEX_MASK ((UINT64_C(1) << INDEX_BITS) - 1)
+
+/* Keep the k best keys of buf[0..n) (n >= k, buf in index order, so in order it stays), by counting
+ * the distance levels; return the k-th best distance. */
+static int64_t hamming_compact(uint64_t *buf, int64_t n, int64_t k, int64_t *hist, int64_t levels) {
+    memset(hist, 0, (size_t)levels * sizeof(int64_t));
+    for (int64_t i = 0; i < n; i++) hist[buf[i] >> INDEX_BITS]++;
+    int64_t below = 0, kth = 0;
+    while (below + hist[kth] < k) below += hist[kth++];
+    int64_t room = k - below; /* candidates at distance kth that fit: the lowest indices */
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t d = (int64_t)(buf[i] >> INDEX_BITS);
+        if (d < kth || (d == kth && room-- > 0)) buf[kept++] = buf[i];
+    }
+    return kth;
+}
+
+/* Append candidate (d, j) to a query's buffer; a full buffer is cut back to the k best. */
+#define HAMMING_PUSH(buf, n, b, d, j)                              \
+    do {                                                           \
+        (buf)[(n)++] = (uint64_t)(d) << INDEX_BITS | (uint64_t)(j); \
+        if ((n) == cap) {                                          \
+            (b) = hamming_compact((buf), (n), k, hist, levels);    \
+            (n) = k;                                               \
+        }                                                          \
+    } while (0)
+
+static int compare_keys(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The k nearest of ndb codes (words uint64 each) for each of nq queries: out_dist/out_index nq x k.
+ * Returns 0, or -1 when memory runs out. */
+int dm_hamming_knn(const uint64_t *query, int64_t nq, const uint64_t *db, int64_t ndb, int64_t words,
+                   int64_t k, int64_t *out_dist, int64_t *out_index) {
+    enum { QUERY_BLOCK = 8, TILE = 8192 }; /* a tile of 8192 codes stays in L2 for the block's queries */
+    const int64_t levels = 64 * words + 1;
+    const int64_t cap = k < 256 ? 4 * k + 64 : 2 * k;
+    uint64_t *buffers = malloc((size_t)(QUERY_BLOCK * cap) * sizeof(uint64_t));
+    int64_t *hist = malloc((size_t)levels * sizeof(int64_t));
+    if (!buffers || !hist) {
+        free(buffers);
+        free(hist);
+        return -1;
+    }
+    for (int64_t q0 = 0; q0 < nq; q0 += QUERY_BLOCK) {
+        const int64_t rows = nq - q0 < QUERY_BLOCK ? nq - q0 : QUERY_BLOCK;
+        int64_t count[QUERY_BLOCK] = {0}, bound[QUERY_BLOCK];
+        for (int64_t r = 0; r < rows; r++) bound[r] = levels; /* accept everything until the first cut */
+        for (int64_t t0 = 0; t0 < ndb; t0 += TILE) {
+            const int64_t t1 = ndb - t0 < TILE ? ndb : t0 + TILE;
+            int64_t r = 0;
+            if (words == 1) /* one-word codes, four queries per database load */
+                for (; r + 4 <= rows; r += 4) {
+                    const uint64_t *x = query + q0 + r;
+                    uint64_t *f0 = buffers + r * cap, *f1 = f0 + cap, *f2 = f1 + cap, *f3 = f2 + cap;
+                    int64_t n0 = count[r], n1 = count[r + 1], n2 = count[r + 2], n3 = count[r + 3];
+                    int64_t b0 = bound[r], b1 = bound[r + 1], b2 = bound[r + 2], b3 = bound[r + 3];
+                    int64_t j = t0;
+#ifdef __AVX2__
+                    /* four codes a vector: XOR, nibble-table popcount, byte sums, compare with the bounds */
+                    const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
+                                                           2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+                    const __m256i nibble = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+                    const __m256i x0 = _mm256_set1_epi64x((long long)x[0]), x1 = _mm256_set1_epi64x((long long)x[1]);
+                    const __m256i x2 = _mm256_set1_epi64x((long long)x[2]), x3 = _mm256_set1_epi64x((long long)x[3]);
+#define POPCOUNT4(v)                                                                                   \
+    _mm256_sad_epu8(_mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_and_si256((v), nibble)),         \
+                                    _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16((v), 4), nibble))), \
+                    zero)
+                    while (j + 4 <= t1) {
+                        const __m256i bv0 = _mm256_set1_epi64x(b0), bv1 = _mm256_set1_epi64x(b1);
+                        const __m256i bv2 = _mm256_set1_epi64x(b2), bv3 = _mm256_set1_epi64x(b3);
+                        for (; j + 4 <= t1; j += 4) {
+                            const __m256i w = _mm256_loadu_si256((const __m256i *)(db + j));
+                            const __m256i hit = _mm256_or_si256(
+                                _mm256_or_si256(_mm256_cmpgt_epi64(bv0, POPCOUNT4(_mm256_xor_si256(w, x0))),
+                                                _mm256_cmpgt_epi64(bv1, POPCOUNT4(_mm256_xor_si256(w, x1)))),
+                                _mm256_or_si256(_mm256_cmpgt_epi64(bv2, POPCOUNT4(_mm256_xor_si256(w, x2))),
+                                                _mm256_cmpgt_epi64(bv3, POPCOUNT4(_mm256_xor_si256(w, x3)))));
+                            if (__builtin_expect(!_mm256_testz_si256(hit, hit), 0)) break;
+                        }
+                        /* a hit (or the tail): these four codes one by one, then reload the bounds */
+                        const int64_t stop = j + 4 < t1 ? j + 4 : t1;
+                        for (; j < stop; j++) {
+                            const uint64_t w = db[j];
+                            const int64_t d0 = __builtin_popcountll(x[0] ^ w), d1 = __builtin_popcountll(x[1] ^ w);
+                            const int64_t d2 = __builtin_popcountll(x[2] ^ w), d3 = __builtin_popcountll(x[3] ^ w);
+                            if (d0 < b0) HAMMING_PUSH(f0, n0, b0, d0, j);
+                            if (d1 < b1) HAMMING_PUSH(f1, n1, b1, d1, j);
+                            if (d2 < b2) HAMMING_PUSH(f2, n2, b2, d2, j);
+                            if (d3 < b3) HAMMING_PUSH(f3, n3, b3, d3, j);
+                        }
+                    }
+#undef POPCOUNT4
+#endif
+                    for (; j < t1; j++) {
+                        const uint64_t w = db[j];
+                        const int64_t d0 = __builtin_popcountll(x[0] ^ w), d1 = __builtin_popcountll(x[1] ^ w);
+                        const int64_t d2 = __builtin_popcountll(x[2] ^ w), d3 = __builtin_popcountll(x[3] ^ w);
+                        if (__builtin_expect((d0 < b0) | (d1 < b1) | (d2 < b2) | (d3 < b3), 0)) {
+                            if (d0 < b0) HAMMING_PUSH(f0, n0, b0, d0, j);
+                            if (d1 < b1) HAMMING_PUSH(f1, n1, b1, d1, j);
+                            if (d2 < b2) HAMMING_PUSH(f2, n2, b2, d2, j);
+                            if (d3 < b3) HAMMING_PUSH(f3, n3, b3, d3, j);
+                        }
+                    }
+                    count[r] = n0, count[r + 1] = n1, count[r + 2] = n2, count[r + 3] = n3;
+                    bound[r] = b0, bound[r + 1] = b1, bound[r + 2] = b2, bound[r + 3] = b3;
+                }
+            for (; r < rows; r++) {
+                const uint64_t *q = query + (q0 + r) * words;
+                uint64_t *buf = buffers + r * cap;
+                int64_t n = count[r], b = bound[r];
+                for (int64_t j = t0; j < t1; j++) {
+                    const uint64_t *code = db + j * words;
+                    int64_t d = 0;
+                    for (int64_t w = 0; w < words; w++) d += __builtin_popcountll(q[w] ^ code[w]);
+                    if (__builtin_expect(d < b, 0)) HAMMING_PUSH(buf, n, b, d, j);
+                }
+                count[r] = n;
+                bound[r] = b;
+            }
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            uint64_t *buf = buffers + r * cap;
+            if (count[r] > k) hamming_compact(buf, count[r], k, hist, levels);
+            qsort(buf, (size_t)k, sizeof(uint64_t), compare_keys);
+            for (int64_t i = 0; i < k; i++) {
+                out_dist[(q0 + r) * k + i] = (int64_t)(buf[i] >> INDEX_BITS);
+                out_index[(q0 + r) * k + i] = (int64_t)(buf[i] & INDEX_MASK);
+            }
+        }
+    }
+    free(buffers);
+    free(hist);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------- float top-k selection */
+
+/* Per-row state, owned by the caller: keys[rows x cap] (scores, negated when smaller is better, so
+ * larger key = better), index[rows x cap], count[rows], bound[rows] (the k-th best key once the row
+ * has been cut back, -inf before). Keys equal to -inf (excluded items) are never kept: the caller fills
+ * the slots a row could not fill with the worst value and index -1. */
+typedef struct {
+    float key;
+    int64_t index;
+} Entry;
+
+static inline int better(Entry a, Entry b) { return a.key > b.key || (a.key == b.key && a.index < b.index); }
+
+/* Rearrange e[0..n) so that its k best entries come first (quickselect, median of three). */
+static void select_best(Entry *e, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1;
+    while (hi > lo) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (better(e[hi], e[lo])) { Entry t = e[lo]; e[lo] = e[hi]; e[hi] = t; }
+        if (better(e[mid], e[lo])) { Entry t = e[lo]; e[lo] = e[mid]; e[mid] = t; }
+        if (better(e[hi], e[mid])) { Entry t = e[mid]; e[mid] = e[hi]; e[hi] = t; }
+        const Entry pivot = e[mid];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (better(e[i], pivot)) i++;
+            while (better(pivot, e[j])) j--;
+            if (i <= j) { Entry t = e[i]; e[i] = e[j]; e[j] = t; i++; j--; }
+        }
+        if (k - 1 <= j) hi = j;
+        else if (k - 1 >= i) lo = i;
+        else return;
+    }
+}
+
+static int compare_entries(const void *a, const void *b) {
+    const Entry x = *(const Entry *)a, y = *(const Entry *)b;
+    return better(x, y) ? -1 : (better(y, x) ? 1 : 0);
+}
+
+/* Cut a full row back to its k best; its bound becomes the k-th best key. */
+static void cut(Entry *e, int64_t *count, float *bound, int64_t k) {
+    select_best(e, *count, k);
+    float kth = e[0].key;
+    for (int64_t i = 1; i < k; i++) kth = e[i].key < kth ? e[i].key : kth;
+    *count = k;
+    *bound = kth;
+}
+
+static inline void push(Entry *e, int64_t *count, float *bound, int64_t k, int64_t cap, float key,
+                        int64_t index) {
+    e[*count].key = key;
+    e[*count].index = index;
+    if (++*count == cap) cut(e, count, bound, k);
+}
+
+/* Offer row r of a rows x cols block (row stride ld) to state row state_row0 + r, as candidates with
+ * indices index0 + column. sign = 1 (larger is better) or -1 (smaller is better). */
+void dm_topk_rows(const float *block, int64_t rows, int64_t cols, int64_t ld, int64_t index0,
+                  int64_t state_row0, float sign, int64_t k, int64_t cap, Entry *entries,
+                  int64_t *count, float *bound) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *s = block + r * ld;
+        const int64_t row = state_row0 + r;
+        Entry *e = entries + row * cap;
+        int64_t c = 0;
+#ifdef __AVX2__
+        const __m256 signs = _mm256_set1_ps(sign);
+        for (; c + 8 <= cols; c += 8) {
+            const __m256 keys = _mm256_mul_ps(_mm256_loadu_ps(s + c), signs);
+            int mask = _mm256_movemask_ps(_mm256_cmp_ps(keys, _mm256_set1_ps(bound[row]), _CMP_GT_OQ));
+            while (mask) {
+                const int bit = __builtin_ctz(mask);
+                mask &= mask - 1;
+                const float key = sign * s[c + bit];
+                if (key > bound[row]) push(e, &count[row], &bound[row], k, cap, key, index0 + c + bit);
+            }
+        }
+#endif
+        for (; c < cols; c++) {
+            const float key = sign * s[c];
+            if (key > bound[row]) push(e, &count[row], &bound[row], k, cap, key, index0 + c);
+        }
+    }
+}
+
+/* Offer column c of the same block to state row state_row0 + c, as candidates with indices
+ * index0 + row: the transposed half of a symmetric (leave-one-out) block, read row by row. */
+void dm_topk_columns(const float *block, int64_t rows, int64_t cols, int64_t ld, int64_t index0,
+                     int64_t state_row0, float sign, int64_t k, int64_t cap, Entry *entries,
+                     int64_t *count, float *bound) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *s = block + r * ld;
+        int64_t c = 0;
+#ifdef __AVX2__
+        const __m256 signs = _mm256_set1_ps(sign);
+        for (; c + 8 <= cols; c += 8) {
+            const __m256 keys = _mm256_mul_ps(_mm256_loadu_ps(s + c), signs);
+            int mask = _mm256_movemask_ps(
+                _mm256_cmp_ps(keys, _mm256_loadu_ps(bound + state_row0 + c), _CMP_GT_OQ));
+            while (mask) {
+                const int bit = __builtin_ctz(mask);
+                mask &= mask - 1;
+                const int64_t row = state_row0 + c + bit;
+                const float key = sign * s[c + bit];
+                if (key > bound[row]) push(entries + row * cap, &count[row], &bound[row], k, cap, key, index0 + r);
+            }
+        }
+#endif
+        for (; c < cols; c++) {
+            const int64_t row = state_row0 + c;
+            const float key = sign * s[c];
+            if (key > bound[row]) push(entries + row * cap, &count[row], &bound[row], k, cap, key, index0 + r);
+        }
+    }
+}
+
+/* Write the k best of state rows row0..row0+rows into out_values/out_index (rows x k), best first;
+ * slots no candidate filled get value -inf * sign and index -1. */
+void dm_topk_finish(int64_t row0, int64_t rows, float sign, int64_t k, int64_t cap, Entry *entries,
+                    int64_t *count, float *out_values, int64_t *out_index) {
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t row = row0 + r;
+        Entry *e = entries + row * cap;
+        int64_t n = count[row];
+        if (n > k) {
+            select_best(e, n, k);
+            n = k;
+        }
+        qsort(e, (size_t)n, sizeof(Entry), compare_entries);
+        for (int64_t i = 0; i < k; i++) {
+            out_values[r * k + i] = i < n ? sign * e[i].key : -INFINITY * sign;
+            out_index[r * k + i] = i < n ? e[i].index : -1;
+        }
+    }
+}

@@ -1,0 +1,60 @@
+"""The native kernels' loader: compiled once into a cache, refused cleanly without a compiler."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from deepmetric import native
+
+
+def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEEPMETRIC_NATIVE", "0")
+    assert native._load() is None
+
+
+def test_no_compiler_warns_and_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("DEEPMETRIC_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with pytest.warns(UserWarning, match="no C compiler"):
+        assert native._load() is None
+
+
+def test_failing_compiler_warns_with_its_message(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    compiler = tmp_path / "broken-cc"
+    compiler.write_text("#!/bin/sh\necho 'broken-cc: cannot compile' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("DEEPMETRIC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(compiler))
+    with pytest.warns(UserWarning, match="cannot compile"):
+        assert native._load() is None
+    assert not list((tmp_path / "cache").rglob("*.so"))  # nothing half-written is left to load
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_compiles_once_into_the_cache_and_reuses_it(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("DEEPMETRIC_CACHE", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    library = native._load()
+    assert library is not None
+    (built,) = list(tmp_path.rglob("*.so"))
+    stamp = built.stat().st_mtime_ns
+    assert native._load() is not None
+    assert built.stat().st_mtime_ns == stamp  # loaded from the cache, not rebuilt
+
+
+def test_topk_refuses_blocks_it_cannot_read() -> None:
+    if not native.available():
+        pytest.skip("the native kernels could not be built here (no C compiler)")
+    selection = native.TopK(4, 2, largest=True)
+    with pytest.raises(ValueError, match="float32"):
+        selection.offer_rows(torch.zeros(4, 8, dtype=torch.float64), 0, 0)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        selection.offer_rows(torch.zeros(8, 4).T, 0, 0)
+    selection.offer_rows(torch.tensor(np.arange(32, dtype=np.float32).reshape(4, 8)), 0, 0)
+    values, indices = selection.result()
+    assert indices.tolist() == [[7, 6]] * 4
+    assert values[0].tolist() == [7.0, 6.0]
