@@ -34,7 +34,7 @@ from deepmetric.evaluation.knn import (
     probe_columns,
     resolve_device,
     rows_per_block,
-    symmetric_topk,
+    streaming_topk,
     to_float_tensor,
     topk_bounded,
     topk_native,
@@ -328,16 +328,21 @@ def _metric_values(
     }
 
 
-def _leave_one_out_values(
+def _streamed_values(
     query: torch.Tensor,
+    gallery: torch.Tensor | None,
     specs: list[MetricSpec],
     labels: _Labels,
     relevant_counts: torch.Tensor,
     distance: Distance,
     query_codes: torch.Tensor | None,
+    gallery_codes: torch.Tensor | None,
 ) -> list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]]:
-    """``(start, has_relevant, values)`` per band of queries, from one :func:`symmetric_topk` of all."""
-    values, indices = symmetric_topk(query, distance, _neighbour_count(specs, relevant_counts), query_codes)
+    """``(start, has_relevant, values)`` per band of queries, from one :func:`streaming_topk` of all
+    (``gallery=None``: leave-one-out)."""
+    values, indices = streaming_topk(
+        query, gallery, distance, _neighbour_count(specs, relevant_counts), query_codes, gallery_codes
+    )
     results = []
     band = 8192
     for start in range(0, len(query), band):
@@ -450,14 +455,20 @@ def evaluate_detailed(
             else _relevant_counts(labels, gallery_counts, leave_one_out, query_codes, gallery_codes)
         )
         if (
-            leave_one_out
-            and native_selection(device)
+            native_selection(device)
             and not labels.multi_hot
             and not needs_full_ranking(neighbour_specs)
             and not any(s.kind == "mrr" for s in neighbour_specs)
-        ):
-            bands = _leave_one_out_values(
-                query, neighbour_specs, labels, relevant_counts, distance, query_codes
+        ):  # the native streaming selection ranks every query in one pass, symmetric in leave-one-out
+            bands = _streamed_values(
+                query,
+                None if leave_one_out else gallery,
+                neighbour_specs,
+                labels,
+                relevant_counts,
+                distance,
+                query_codes,
+                gallery_codes,
             )
         else:
             probes = _make_probes(labels, num_classes, len(gallery), device)

@@ -321,6 +321,47 @@ def symmetric_topk(
     return selection.result()
 
 
+def streaming_topk(
+    query: torch.Tensor,
+    gallery: torch.Tensor | None,
+    distance: Distance,
+    k: int,
+    query_ids: torch.Tensor | None = None,
+    gallery_ids: torch.Tensor | None = None,
+    band: int = 1024,
+    width: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest gallery items of every query (CPU, ``distance.prepare`` d), as :func:`topk_native`
+    gives them, through the native streaming selection; ``gallery=None``: leave-one-out among the
+    queries (:func:`symmetric_topk`). ``query_ids``/``gallery_ids``: items sharing an id are excluded.
+
+    Queries go in bands of ``band`` rows, each scanning the gallery in tiles of ``width`` columns: tiles
+    of 16 MiB are ranked while still in cache, and a band's state is its own (no ``N x N`` anything).
+    """
+    if gallery is None:
+        return symmetric_topk(query, distance, k, query_ids, band, width)
+    ranked = ranking_distance(distance)
+    worst = -torch.inf if ranked.is_similarity else torch.inf
+    k = min(k, len(gallery))
+    norms = (gallery * gallery).sum(1) if type(ranked) is SquaredEuclideanDistance else None
+    buffer = query.new_empty(band * width)
+    all_values, all_indices = [], []
+    for i0 in range(0, len(query), band):
+        i1 = min(i0 + band, len(query))
+        selection = native.TopK(i1 - i0, k, ranked.is_similarity)
+        for j0 in range(0, len(gallery), width):
+            j1 = min(j0 + width, len(gallery))
+            block = buffer[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
+            block = _pairwise_into(ranked, query[i0:i1], gallery[j0:j1], _part(norms, j0, j1), block)
+            if query_ids is not None:
+                block.masked_fill_(query_ids[i0:i1, None] == gallery_ids[None, j0:j1], worst)
+            selection.offer_rows(block, j0, 0)
+        values, indices = selection.result()
+        all_values.append(values)
+        all_indices.append(indices)
+    return torch.cat(all_values), torch.cat(all_indices)
+
+
 def _part(norms: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
     return None if norms is None else norms[start:stop]
 
@@ -386,14 +427,15 @@ def knn(
         q_codes, g_codes = torch.from_numpy(q_np).to(device), torch.from_numpy(g_np).to(device)
     query_t, gallery_t = distance.prepare(query_t), distance.prepare(gallery_t)
     largest = distance.is_similarity
-    if gallery is None and native_selection(device):
-        values, indices = symmetric_topk(query_t, distance, k, q_codes)
+    if native_selection(device):
+        values, indices = streaming_topk(
+            query_t, None if gallery is None else gallery_t, distance, k, q_codes, g_codes
+        )
         return to_reported_values(values, distance), indices
     all_values, all_indices = [], []
     rows = rows_per_block(len(gallery_t), memory_budget_mb)
-    rank = topk_native if native_selection(device) else topk_deterministic
     for block in distance_blocks(query_t, gallery_t, distance, rows, gallery is None, q_codes, g_codes):
-        values, indices = rank(block.scores, k, largest)
+        values, indices = topk_deterministic(block.scores, k, largest)
         all_values.append(to_reported_values(values, distance).cpu())
         all_indices.append(mark_excluded(values, indices).cpu())
     return torch.cat(all_values), torch.cat(all_indices)
