@@ -58,3 +58,19 @@ def test_topk_refuses_blocks_it_cannot_read() -> None:
     values, indices = selection.result()
     assert indices.tolist() == [[7, 6]] * 4
     assert values[0].tolist() == [7.0, 6.0]
+
+
+def test_argmax_rows_equals_torch_max_with_first_index_on_ties() -> None:
+    if not native.available():
+        pytest.skip("the native kernels could not be built here (no C compiler)")
+    block = torch.randn(37, 1003)
+    block[3] = 1.0  # a row of ties: the first column wins
+    block[4, 500] = float("inf")
+    block[5, -1] = 50.0  # the maximum in the scalar tail
+    wide = torch.randn(37, 2000)[:, :1003]  # rows with a stride larger than their length
+    for matrix in (block, wide):
+        values, indices = native.argmax_rows(matrix)
+        expected_values, expected_indices = matrix.max(1)
+        assert torch.equal(values, expected_values)
+        assert torch.equal(indices, expected_indices)
+    assert native.argmax_rows(block)[1][3] == 0

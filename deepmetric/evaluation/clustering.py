@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
-from deepmetric.evaluation.knn import rows_per_block
+from deepmetric import linalg, native
+from deepmetric.evaluation.knn import native_selection, rows_per_block
 
 
 def _nearest_centroid(
@@ -22,20 +23,29 @@ def _nearest_centroid(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of and squared distance to the nearest centroid for every point, ``rows`` points at a time.
 
-    ``||x - c||^2 = ||x||^2 + ||c||^2 - 2 x.c``; ``point_norms`` (the ``||x||^2``) are computed once. One
-    buffer serves every block: a fresh ``rows x k`` allocation per block costs more than its product.
+    ``||x - c||^2 = ||x||^2 - 2 (x.c - ||c||^2 / 2)``: the nearest centroid has the largest
+    ``x.c - ||c||^2 / 2``, which one matrix product gives directly when each point carries an extra 1
+    (``points`` come with it, see :func:`_with_ones`) and each centroid its ``-||c||^2 / 2``. One buffer
+    serves every block: a fresh ``rows x k`` allocation per block costs more than its product. On CPU the
+    native :func:`~deepmetric.native.argmax_rows` takes each row's best in one vectorised pass.
     """
-    centroid_norms = (centroids * centroids).sum(1)
+    augmented = torch.cat([centroids, (centroids * centroids).sum(1, keepdim=True) * -0.5], 1)
     buffer = points.new_empty(min(rows, len(points)), len(centroids))
     assignments = torch.empty(len(points), dtype=torch.long, device=points.device)
-    distances = torch.empty(len(points), dtype=points.dtype, device=points.device)
+    best = torch.empty(len(points), dtype=points.dtype, device=points.device)
     for start in range(0, len(points), rows):
         stop = min(start + rows, len(points))
-        out = buffer[: stop - start]
-        torch.addmm(centroid_norms[None, :], points[start:stop], centroids.T, alpha=-2, out=out)
-        best, assignments[start:stop] = out.min(1)
-        distances[start:stop] = (best + point_norms[start:stop]).clamp_min(0)
-    return assignments, distances
+        scores = linalg.matmul(points[start:stop], augmented.T, out=buffer[: stop - start])
+        if native_selection(points.device):
+            best[start:stop], assignments[start:stop] = native.argmax_rows(scores)
+        else:
+            best[start:stop], assignments[start:stop] = scores.max(1)
+    return assignments, (point_norms - 2 * best).clamp_min(0)
+
+
+def _with_ones(points: torch.Tensor) -> torch.Tensor:
+    """``points`` with a column of ones appended (see :func:`_nearest_centroid`)."""
+    return torch.cat([points, points.new_ones(len(points), 1)], 1)
 
 
 def kmeans_plus_plus(
@@ -129,8 +139,9 @@ def kmeans(
     else:
         centroids = kmeans_plus_plus(points, point_norms, num_clusters, generator)
     assignments = None
+    points_with_ones = _with_ones(points)
     for _ in range(max_iterations):
-        new_assignments, distances = _nearest_centroid(points, point_norms, centroids, rows)
+        new_assignments, distances = _nearest_centroid(points_with_ones, point_norms, centroids, rows)
         if assignments is not None and torch.equal(new_assignments, assignments):
             break
         assignments = new_assignments

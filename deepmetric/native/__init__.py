@@ -43,6 +43,7 @@ _SIGNATURES = {
     "dm_topk_columns": [_ptr, _int64, _int64, _int64, _int64, _int64, ctypes.c_float, _int64, _int64]
     + [_ptr] * 3,
     "dm_topk_finish": [_int64, _int64, ctypes.c_float, _int64, _int64, _ptr, _ptr, _ptr, _ptr],
+    "dm_argmax_rows": [_ptr, _int64, _int64, _int64, _ptr, _ptr],
 }
 
 
@@ -177,6 +178,26 @@ def hamming_knn(query: np.ndarray, database: np.ndarray, k: int) -> tuple[np.nda
 
     _run_spans(run, _split(query.shape[0], _threads(query.shape[0])))
     return distances, indices
+
+
+def argmax_rows(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``block.max(1)`` of a float32 CPU block with contiguous rows, in one vectorised pass per row:
+    ``(values, indices)``, the first column among equal maxima."""
+    if block.dtype != torch.float32 or block.device.type != "cpu" or block.stride(1) != 1:
+        raise ValueError("argmax_rows takes a float32 CPU block with contiguous rows")
+    rows, cols = block.shape
+    values = torch.empty(rows, dtype=torch.float32)
+    indices = torch.empty(rows, dtype=torch.int64)
+
+    def run(span: tuple[int, int]) -> None:
+        start, stop = span
+        library().dm_argmax_rows(
+            block[start:stop].data_ptr(), stop - start, cols, block.stride(0),
+            values[start:].data_ptr(), indices[start:].data_ptr(),
+        )  # fmt: skip
+
+    _run_spans(run, _split(rows, _threads(rows)))
+    return values, indices
 
 
 class TopK:

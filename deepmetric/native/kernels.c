@@ -299,3 +299,27 @@ void dm_topk_finish(int64_t row0, int64_t rows, float sign, int64_t k, int64_t c
         }
     }
 }
+
+/* ------------------------------------------------------------------------------ row argmax */
+
+/* The largest entry of each row of a rows x cols block (row stride ld) and its first column. */
+void dm_argmax_rows(const float *block, int64_t rows, int64_t cols, int64_t ld, float *out_value,
+                    int64_t *out_index) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *s = block + r * ld;
+        float best = -INFINITY;
+        int64_t c = 0;
+#ifdef __AVX2__
+        __m256 lanes = _mm256_set1_ps(-INFINITY);
+        for (; c + 8 <= cols; c += 8) lanes = _mm256_max_ps(lanes, _mm256_loadu_ps(s + c));
+        float lane[8];
+        _mm256_storeu_ps(lane, lanes);
+        for (int i = 0; i < 8; i++) best = lane[i] > best ? lane[i] : best;
+#endif
+        for (; c < cols; c++) best = s[c] > best ? s[c] : best;
+        int64_t index = 0;
+        while (index < cols - 1 && s[index] != best) index++;
+        out_value[r] = best;
+        out_index[r] = index;
+    }
+}
