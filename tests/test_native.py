@@ -74,3 +74,25 @@ def test_argmax_rows_equals_torch_max_with_first_index_on_ties() -> None:
         assert torch.equal(values, expected_values)
         assert torch.equal(indices, expected_indices)
     assert native.argmax_rows(block)[1][3] == 0
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_topk_takes_candidates_in_any_order_and_breaks_ties_by_index(largest: bool) -> None:
+    """Blocks offered right to left, many exact ties, excluded (infinite) entries and a row with fewer
+    candidates than k: the result is still a stable full sort's first k."""
+    if not native.available():
+        pytest.skip("the native kernels could not be built here (no C compiler)")
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (50, 997), generator=generator).float()
+    worst = -torch.inf if largest else torch.inf
+    scores[::7, ::3] = worst
+    scores[1, 10:] = worst  # row 1 has 10 candidates only
+    selection = native.TopK(50, 40, largest)
+    for start in reversed(range(0, 997, 128)):
+        selection.offer_rows(scores[:, start : start + 128].contiguous(), start, 0)
+    values, indices = selection.result()
+    expected_values, expected_indices = scores.sort(dim=1, descending=largest, stable=True)
+    expected_values, expected_indices = expected_values[:, :40], expected_indices[:, :40]
+    expected_indices = torch.where(torch.isinf(expected_values), -1, expected_indices)
+    assert torch.equal(values, expected_values)
+    assert torch.equal(indices, expected_indices)

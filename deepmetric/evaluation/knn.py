@@ -292,9 +292,8 @@ def symmetric_topk(
     The distance matrix is symmetric, so only its upper triangle is computed, in tiles of ``band`` rows x
     ``width`` columns: each tile serves its rows (:meth:`~deepmetric.native.TopK.offer_rows`) and,
     transposed, its columns right of the band's own square (:meth:`~deepmetric.native.TopK.offer_columns`):
-    half the matrix products of a block-by-block scan. Tiles go band by band, left to right, so every row
-    meets its candidates in index order, as the streaming selection requires.
-    ``ids``: rows sharing an id are excluded from each other's lists.
+    half the matrix products of a block-by-block scan (the streaming selection takes candidates in any
+    order). ``ids``: rows sharing an id are excluded from each other's lists.
     """
     ranked = ranking_distance(distance)
     worst = -torch.inf if ranked.is_similarity else torch.inf
@@ -304,20 +303,24 @@ def symmetric_topk(
     norms = (embeddings * embeddings).sum(1) if type(ranked) is SquaredEuclideanDistance else None
     selection = native.TopK(n, k, ranked.is_similarity)
     buffer = embeddings.new_empty(band * width)
-    for i0 in range(0, n, band):
-        i1 = min(i0 + band, n)
-        for j0 in range(i0, n, width):
-            j1 = min(j0 + width, n)
-            block = buffer[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
-            block = _pairwise_into(ranked, embeddings[i0:i1], embeddings[j0:j1], _part(norms, j0, j1), block)
-            if ids is not None:
-                block.masked_fill_(ids[i0:i1, None] == ids[None, j0:j1], worst)
-            if j0 == i0:
-                block.fill_diagonal_(worst)
-            selection.offer_rows(block, j0, i0)
-            transposed_from = max(j0, i1)  # the band's square was offered whole, row by row
-            if transposed_from < j1:
-                selection.offer_columns(block[:, transposed_from - j0 :], i0, transposed_from)
+    # Tiles nearest the diagonal first: every row then meets a first tile's worth of candidates through
+    # the cheap row pass, and its bound is high by the time the column pass (one scattered write per
+    # candidate) reaches it.
+    tiles = sorted(
+        ((i0, j0) for i0 in range(0, n, band) for j0 in range(i0, n, width)), key=lambda t: t[1] - t[0]
+    )
+    for i0, j0 in tiles:
+        i1, j1 = min(i0 + band, n), min(j0 + width, n)
+        block = buffer[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
+        block = _pairwise_into(ranked, embeddings[i0:i1], embeddings[j0:j1], _part(norms, j0, j1), block)
+        if ids is not None:
+            block.masked_fill_(ids[i0:i1, None] == ids[None, j0:j1], worst)
+        if j0 == i0:
+            block.fill_diagonal_(worst)
+        selection.offer_rows(block, j0, i0)
+        transposed_from = max(j0, i1)  # the band's square was offered whole, row by row
+        if transposed_from < j1:
+            selection.offer_columns(block[:, transposed_from - j0 :], i0, transposed_from)
     return selection.result()
 
 

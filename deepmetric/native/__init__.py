@@ -45,6 +45,8 @@ _SIGNATURES = {
     "dm_topk_finish": [_int64, _int64, ctypes.c_float, _int64, _int64, _ptr, _ptr, _ptr, _ptr],
     "dm_argmax_rows": [_ptr, _int64, _int64, _int64, _ptr, _ptr],
 }
+# The functions that allocate return 0, or -1 when memory ran out; the others return nothing.
+_RESTYPES = {"dm_hamming_knn": ctypes.c_int, "dm_topk_rows": ctypes.c_int, "dm_topk_columns": ctypes.c_int}
 
 
 def _cpu_features() -> str:
@@ -96,7 +98,7 @@ def _load() -> ctypes.CDLL | None:
             continue
         for name, argtypes in _SIGNATURES.items():
             function = getattr(library, name)
-            function.argtypes, function.restype = argtypes, ctypes.c_int if name == "dm_hamming_knn" else None
+            function.argtypes, function.restype = argtypes, _RESTYPES.get(name)
         return library
     warnings.warn(
         "deepmetric: could not build the native kernels; using the slower numpy/torch kernels "
@@ -205,8 +207,8 @@ class TopK:
 
     ``offer_rows(block, index0, row0)``: row ``i`` of ``block`` brings candidates ``index0 + j`` (its
     columns) to row ``row0 + i``. ``offer_columns`` brings column ``j`` to row ``row0 + j`` with candidates
-    ``index0 + i`` (the other half of a symmetric block). Each row must receive its candidates in
-    increasing index order across calls. ``result()``: ``(values, indices)``, ``rows x k``, best first,
+    ``index0 + i`` (the other half of a symmetric block). A row may receive its candidates in any order
+    across calls (each candidate once). ``result()``: ``(values, indices)``, ``rows x k``, best first,
     ties by lower index; slots without a candidate hold the worst value (``-inf`` when ``largest``, else
     ``inf``) and index ``-1``. Scores of ``-inf``/``inf`` (excluded items) are never candidates.
     """
@@ -214,11 +216,11 @@ class TopK:
     def __init__(self, rows: int, k: int, largest: bool) -> None:
         self.lib = library()
         self.rows, self.k, self.sign = rows, k, 1.0 if largest else -1.0
-        # room for k + k/2 candidates: a small state stays in cache (measured faster than 2k or 4k)
-        self.cap = k + k // 2 + 16
-        self.entries = np.empty(rows * self.cap * 16, dtype=np.uint8)  # C struct {float key; int64 index}
+        # k + 32 free slots between cuts: fewer cuts than k/2 + 16, a state still small enough for the cache
+        self.cap = 2 * k + 32
+        self.entries = np.empty(rows * self.cap * 8, dtype=np.uint8)  # C struct {float key; int32 index}
         self.count = np.zeros(rows, dtype=np.int64)
-        self.bound = np.full(rows, -np.inf, dtype=np.float32)
+        self.bound = np.full(rows, np.finfo(np.float32).min, dtype=np.float32)  # every finite score enters
 
     def _offer(self, function, block: torch.Tensor, index0: int, row0: int, split_rows: bool) -> None:
         if block.dtype != torch.float32 or block.device.type != "cpu" or block.stride(1) != 1:
@@ -246,10 +248,12 @@ class TopK:
                     index0,
                     row0 + start,
                 )
-            function(
+            status = function(
                 pointer, r, c, ld, first, state0, self.sign, self.k, self.cap,
                 self.entries.ctypes.data, self.count.ctypes.data, self.bound.ctypes.data,
             )  # fmt: skip
+            if status != 0:
+                raise MemoryError("the native top-k kernel could not allocate its scratch buffer")
 
         _run_spans(run, spans)
 

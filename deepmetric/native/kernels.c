@@ -4,12 +4,14 @@
  * function works on caller-owned buffers and touches no Python object, so the callers run them on
  * several threads at once (ctypes releases the GIL), each thread on its own rows.
  *
- * Both kernels scan candidates in increasing index order and keep, per query, a buffer of candidates
- * and a bound. Once the buffer holds the k best candidates so far, a new candidate (whose index is
- * larger than every index seen) can only enter the final top k if it is strictly better than the
- * current k-th best: on a tie it loses to the lower index. So the hot loop is one comparison against
- * the bound per candidate; when the buffer fills up it is cut back to its k best and the bound rises.
- * Results are ordered best first, ties by lower index: the same answer as a stable full sort.
+ * Both kernels keep, per query, a buffer of candidates and a bound: once a buffer has been cut back to
+ * its k best, only candidates at least as good as the k-th best can still matter, so the hot loop is
+ * one comparison against the bound per candidate; when the buffer fills up it is cut back to its k best
+ * (best first, ties by lower index) and the bound rises. The Hamming kernel scans its database in index
+ * order, so there a candidate that ties the k-th best (and comes later) loses: it needs to be strictly
+ * closer. The float selection takes candidates in any order (the evaluation engine feeds the upper
+ * triangle of a symmetric matrix by rows and by columns): ties with the bound are kept for the next cut
+ * to decide by index. Results equal a stable full sort's first k.
  */
 #include <math.h>
 #include <stdint.h>
@@ -168,11 +170,11 @@ int dm_hamming_knn(const uint64_t *query, int64_t nq, const uint64_t *db, int64_
 
 /* Per-row state, owned by the caller: keys[rows x cap] (scores, negated when smaller is better, so
  * larger key = better), index[rows x cap], count[rows], bound[rows] (the k-th best key once the row
- * has been cut back, -inf before). Keys equal to -inf (excluded items) are never kept: the caller fills
- * the slots a row could not fill with the worst value and index -1. */
+ * has been cut back, -FLT_MAX before). A candidate enters when key >= bound: keys of -inf (excluded
+ * items) never do, and the caller fills the slots a row could not fill with the worst value, index -1. */
 typedef struct {
     float key;
-    int64_t index;
+    int32_t index; /* 8-byte entries: the state of a tile's rows stays in cache */
 } Entry;
 
 static inline int better(Entry a, Entry b) { return a.key > b.key || (a.key == b.key && a.index < b.index); }
@@ -203,27 +205,59 @@ static int compare_entries(const void *a, const void *b) {
     return better(x, y) ? -1 : (better(y, x) ? 1 : 0);
 }
 
-/* Cut a full row back to its k best; its bound becomes the k-th best key. */
-static void cut(Entry *e, int64_t *count, float *bound, int64_t k) {
-    select_best(e, *count, k);
-    float kth = e[0].key;
-    for (int64_t i = 1; i < k; i++) kth = e[i].key < kth ? e[i].key : kth;
-    *count = k;
+/* The k-th largest of keys[0..n) (quickselect; reorders keys). */
+static float kth_largest(float *keys, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1;
+    while (hi > lo) {
+        const float pivot = keys[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (keys[i] > pivot) i++;
+            while (keys[j] < pivot) j--;
+            if (i <= j) { float t = keys[i]; keys[i] = keys[j]; keys[j] = t; i++; j--; }
+        }
+        if (k - 1 <= j) hi = j;
+        else if (k - 1 >= i) lo = i;
+        else break;
+    }
+    return keys[k - 1];
+}
+
+/* Cut a full row back: the bound becomes its k-th best key and only entries at least that good stay
+ * (ties included: the final sort decides them by index). Selecting on bare keys is several times
+ * cheaper than on entries. Should ties at the bound fill much of the buffer, only the k best entries (by
+ * key, then index) stay, so that every cut frees room for many candidates. scratch: cap floats. */
+static void cut(Entry *e, int64_t *count, float *bound, int64_t k, int64_t cap, float *scratch) {
+    const int64_t n = *count;
+    for (int64_t i = 0; i < n; i++) scratch[i] = e[i].key;
+    const float kth = kth_largest(scratch, n, k);
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; i++) { /* branch-free: which entries stay is unpredictable */
+        e[kept] = e[i];
+        kept += e[i].key >= kth;
+    }
+    if (kept > k + (cap - k) / 2) { /* many ties at the bound: keep room for the next candidates */
+        select_best(e, kept, k);
+        kept = k;
+    }
+    *count = kept;
     *bound = kth;
 }
 
 static inline void push(Entry *e, int64_t *count, float *bound, int64_t k, int64_t cap, float key,
-                        int64_t index) {
+                        int64_t index, float *scratch) {
     e[*count].key = key;
-    e[*count].index = index;
-    if (++*count == cap) cut(e, count, bound, k);
+    e[*count].index = (int32_t)index;
+    if (++*count == cap) cut(e, count, bound, k, cap, scratch);
 }
 
 /* Offer row r of a rows x cols block (row stride ld) to state row state_row0 + r, as candidates with
- * indices index0 + column. sign = 1 (larger is better) or -1 (smaller is better). */
-void dm_topk_rows(const float *block, int64_t rows, int64_t cols, int64_t ld, int64_t index0,
+ * indices index0 + column, in any order across calls. sign = 1 (larger is better) or -1. */
+int dm_topk_rows(const float *block, int64_t rows, int64_t cols, int64_t ld, int64_t index0,
                   int64_t state_row0, float sign, int64_t k, int64_t cap, Entry *entries,
                   int64_t *count, float *bound) {
+    float *scratch = malloc((size_t)cap * sizeof(float));
+    if (!scratch) return -1;
     for (int64_t r = 0; r < rows; r++) {
         const float *s = block + r * ld;
         const int64_t row = state_row0 + r;
@@ -233,27 +267,31 @@ void dm_topk_rows(const float *block, int64_t rows, int64_t cols, int64_t ld, in
         const __m256 signs = _mm256_set1_ps(sign);
         for (; c + 8 <= cols; c += 8) {
             const __m256 keys = _mm256_mul_ps(_mm256_loadu_ps(s + c), signs);
-            int mask = _mm256_movemask_ps(_mm256_cmp_ps(keys, _mm256_set1_ps(bound[row]), _CMP_GT_OQ));
+            int mask = _mm256_movemask_ps(_mm256_cmp_ps(keys, _mm256_set1_ps(bound[row]), _CMP_GE_OQ));
             while (mask) {
                 const int bit = __builtin_ctz(mask);
                 mask &= mask - 1;
                 const float key = sign * s[c + bit];
-                if (key > bound[row]) push(e, &count[row], &bound[row], k, cap, key, index0 + c + bit);
+                if (key >= bound[row]) push(e, &count[row], &bound[row], k, cap, key, index0 + c + bit, scratch);
             }
         }
 #endif
         for (; c < cols; c++) {
             const float key = sign * s[c];
-            if (key > bound[row]) push(e, &count[row], &bound[row], k, cap, key, index0 + c);
+            if (key >= bound[row]) push(e, &count[row], &bound[row], k, cap, key, index0 + c, scratch);
         }
     }
+    free(scratch);
+    return 0;
 }
 
 /* Offer column c of the same block to state row state_row0 + c, as candidates with indices
  * index0 + row: the transposed half of a symmetric (leave-one-out) block, read row by row. */
-void dm_topk_columns(const float *block, int64_t rows, int64_t cols, int64_t ld, int64_t index0,
+int dm_topk_columns(const float *block, int64_t rows, int64_t cols, int64_t ld, int64_t index0,
                      int64_t state_row0, float sign, int64_t k, int64_t cap, Entry *entries,
                      int64_t *count, float *bound) {
+    float *scratch = malloc((size_t)cap * sizeof(float));
+    if (!scratch) return -1;
     for (int64_t r = 0; r < rows; r++) {
         const float *s = block + r * ld;
         int64_t c = 0;
@@ -262,22 +300,24 @@ void dm_topk_columns(const float *block, int64_t rows, int64_t cols, int64_t ld,
         for (; c + 8 <= cols; c += 8) {
             const __m256 keys = _mm256_mul_ps(_mm256_loadu_ps(s + c), signs);
             int mask = _mm256_movemask_ps(
-                _mm256_cmp_ps(keys, _mm256_loadu_ps(bound + state_row0 + c), _CMP_GT_OQ));
+                _mm256_cmp_ps(keys, _mm256_loadu_ps(bound + state_row0 + c), _CMP_GE_OQ));
             while (mask) {
                 const int bit = __builtin_ctz(mask);
                 mask &= mask - 1;
                 const int64_t row = state_row0 + c + bit;
                 const float key = sign * s[c + bit];
-                if (key > bound[row]) push(entries + row * cap, &count[row], &bound[row], k, cap, key, index0 + r);
+                if (key >= bound[row]) push(entries + row * cap, &count[row], &bound[row], k, cap, key, index0 + r, scratch);
             }
         }
 #endif
         for (; c < cols; c++) {
             const int64_t row = state_row0 + c;
             const float key = sign * s[c];
-            if (key > bound[row]) push(entries + row * cap, &count[row], &bound[row], k, cap, key, index0 + r);
+            if (key >= bound[row]) push(entries + row * cap, &count[row], &bound[row], k, cap, key, index0 + r, scratch);
         }
     }
+    free(scratch);
+    return 0;
 }
 
 /* Write the k best of state rows row0..row0+rows into out_values/out_index (rows x k), best first;
