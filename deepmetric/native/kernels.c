@@ -251,73 +251,57 @@ static inline void push(Entry *e, int64_t *count, float *bound, int64_t k, int64
     if (++*count == cap) cut(e, count, bound, k, cap, scratch);
 }
 
-/* Offer row r of a rows x cols block (row stride ld) to state row state_row0 + r, as candidates with
- * indices index0 + column, in any order across calls. sign = 1 (larger is better) or -1. */
-int dm_topk_rows(const float *block, int64_t rows, int64_t cols, int64_t ld, int64_t index0,
-                  int64_t state_row0, float sign, int64_t k, int64_t cap, Entry *entries,
-                  int64_t *count, float *bound) {
+/* Offer a rows x cols block (row stride ld) to the state: not transposed, row r brings candidates
+ * index0 + column to state row state_row0 + r; transposed, column c brings candidates index0 + row to
+ * state row state_row0 + c (the other half of a symmetric block, still read row by row). Candidates may
+ * come in any order across calls. sign = 1 (larger is better) or -1. Returns 0, or -1 without memory. */
+static inline int offer(const float *block, int64_t rows, int64_t cols, int64_t ld, int64_t index0,
+                        int64_t state_row0, float sign, int64_t k, int64_t cap, Entry *entries,
+                        int64_t *count, float *bound, const int transposed) {
     float *scratch = malloc((size_t)cap * sizeof(float));
     if (!scratch) return -1;
     for (int64_t r = 0; r < rows; r++) {
         const float *s = block + r * ld;
-        const int64_t row = state_row0 + r;
-        Entry *e = entries + row * cap;
         int64_t c = 0;
+#define OFFER(column)                                                                   \
+    do {                                                                                \
+        const int64_t row = state_row0 + (transposed ? (column) : r);                   \
+        const float key = sign * s[column];                                             \
+        if (key >= bound[row])                                                          \
+            push(entries + row * cap, &count[row], &bound[row], k, cap, key,            \
+                 index0 + (transposed ? r : (column)), scratch);                        \
+    } while (0)
 #ifdef __AVX2__
         const __m256 signs = _mm256_set1_ps(sign);
         for (; c + 8 <= cols; c += 8) {
+            const __m256 bounds = transposed ? _mm256_loadu_ps(bound + state_row0 + c)
+                                             : _mm256_set1_ps(bound[state_row0 + r]);
             const __m256 keys = _mm256_mul_ps(_mm256_loadu_ps(s + c), signs);
-            int mask = _mm256_movemask_ps(_mm256_cmp_ps(keys, _mm256_set1_ps(bound[row]), _CMP_GE_OQ));
-            while (mask) {
+            int mask = _mm256_movemask_ps(_mm256_cmp_ps(keys, bounds, _CMP_GE_OQ));
+            while (mask) { /* rare: a candidate reaches its row's bound */
                 const int bit = __builtin_ctz(mask);
                 mask &= mask - 1;
-                const float key = sign * s[c + bit];
-                if (key >= bound[row]) push(e, &count[row], &bound[row], k, cap, key, index0 + c + bit, scratch);
+                OFFER(c + bit);
             }
         }
 #endif
-        for (; c < cols; c++) {
-            const float key = sign * s[c];
-            if (key >= bound[row]) push(e, &count[row], &bound[row], k, cap, key, index0 + c, scratch);
-        }
+        for (; c < cols; c++) OFFER(c);
+#undef OFFER
     }
     free(scratch);
     return 0;
 }
 
-/* Offer column c of the same block to state row state_row0 + c, as candidates with indices
- * index0 + row: the transposed half of a symmetric (leave-one-out) block, read row by row. */
+int dm_topk_rows(const float *block, int64_t rows, int64_t cols, int64_t ld, int64_t index0,
+                 int64_t state_row0, float sign, int64_t k, int64_t cap, Entry *entries, int64_t *count,
+                 float *bound) {
+    return offer(block, rows, cols, ld, index0, state_row0, sign, k, cap, entries, count, bound, 0);
+}
+
 int dm_topk_columns(const float *block, int64_t rows, int64_t cols, int64_t ld, int64_t index0,
-                     int64_t state_row0, float sign, int64_t k, int64_t cap, Entry *entries,
-                     int64_t *count, float *bound) {
-    float *scratch = malloc((size_t)cap * sizeof(float));
-    if (!scratch) return -1;
-    for (int64_t r = 0; r < rows; r++) {
-        const float *s = block + r * ld;
-        int64_t c = 0;
-#ifdef __AVX2__
-        const __m256 signs = _mm256_set1_ps(sign);
-        for (; c + 8 <= cols; c += 8) {
-            const __m256 keys = _mm256_mul_ps(_mm256_loadu_ps(s + c), signs);
-            int mask = _mm256_movemask_ps(
-                _mm256_cmp_ps(keys, _mm256_loadu_ps(bound + state_row0 + c), _CMP_GE_OQ));
-            while (mask) {
-                const int bit = __builtin_ctz(mask);
-                mask &= mask - 1;
-                const int64_t row = state_row0 + c + bit;
-                const float key = sign * s[c + bit];
-                if (key >= bound[row]) push(entries + row * cap, &count[row], &bound[row], k, cap, key, index0 + r, scratch);
-            }
-        }
-#endif
-        for (; c < cols; c++) {
-            const int64_t row = state_row0 + c;
-            const float key = sign * s[c];
-            if (key >= bound[row]) push(entries + row * cap, &count[row], &bound[row], k, cap, key, index0 + r, scratch);
-        }
-    }
-    free(scratch);
-    return 0;
+                    int64_t state_row0, float sign, int64_t k, int64_t cap, Entry *entries, int64_t *count,
+                    float *bound) {
+    return offer(block, rows, cols, ld, index0, state_row0, sign, k, cap, entries, count, bound, 1);
 }
 
 /* Write the k best of state rows row0..row0+rows into out_values/out_index (rows x k), best first;
