@@ -21,7 +21,7 @@ def check_reduction(reduction: str) -> str:
 
 def reduce(losses: torch.Tensor, reduction: str = "mean", anchor: torch.Tensor | None = None) -> torch.Tensor:
     """Reduce ``losses``. ``anchor`` (usually the embeddings) keeps an empty result attached to the graph."""
-    if reduction == "none":
+    if reduction == "none" or losses.ndim == 0:  # a loss that reduced itself (every reduction keeps a scalar)
         return losses
     if losses.numel() == 0:
         zero = losses.sum()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import deepmetric.losses as losses
+from deepmetric.distances import EuclideanDistance
 from deepmetric.masks import to_triplets
 from tests import loss_references as ref
 
@@ -198,6 +199,7 @@ def test_triplet_gradcheck(soft):
         ("angular", {}),
         ("binomial_deviance", {}),
         ("contrastive", {"squared": True, "neg_margin": 10.0}),
+        ("contrastive", {"pos_margin": 0.5, "neg_margin": 10.0, "reduction": "sum"}),  # the fused path
     ],
 )
 def test_gradcheck(name, kwargs):
@@ -206,6 +208,35 @@ def test_gradcheck(name, kwargs):
     x, labels = pk_batch(classes=3, per_class=2, dim=3, seed=12)
     loss = losses.get(name, **kwargs)
     assert torch.autograd.gradcheck(lambda e: loss(e, labels), (x.detach().requires_grad_(),))
+
+
+class _GenericEuclidean(EuclideanDistance):
+    """The same distance under another type: the fused contrastive path takes only EuclideanDistance itself."""
+
+
+@pytest.mark.parametrize("reduction", ["mean_nonzero", "mean", "sum"])
+@pytest.mark.parametrize("margins", [(0.0, 1.0), (0.5, 2.0), (-0.1, 0.5)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_contrastive_fused_path_matches_generic_graph(reduction, margins, dtype):
+    """Duplicated embeddings (distance 0; float64), a zero embedding and a class without positives included."""
+    x, _ = pk_batch(classes=4, per_class=3, dim=5, seed=21)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4])
+    x = x.detach().clone()
+    if (
+        dtype == torch.float64
+    ):  # in float32 a duplicate's distance is rounding noise that each path rounds apart
+        x[1] = x[0]
+    x[5] = 0
+    x = x.to(dtype).requires_grad_()
+    pos_margin, neg_margin = margins
+    settings = {"pos_margin": pos_margin, "neg_margin": neg_margin, "reduction": reduction}
+    fused = losses.get("contrastive", **settings)(x, labels)
+    generic = losses.get("contrastive", distance=_GenericEuclidean(), **settings)(x, labels)
+    tolerance = {"rtol": 1e-9, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-6}
+    assert fused.dtype == generic.dtype
+    torch.testing.assert_close(fused, generic, **tolerance)
+    fused_grad = torch.autograd.grad(fused, x)[0]
+    torch.testing.assert_close(fused_grad, torch.autograd.grad(generic, x)[0], **tolerance)
 
 
 def test_npair_matches_reference_and_picks_first_pairs():
@@ -222,6 +253,11 @@ def test_npair_matches_reference_and_picks_first_pairs():
     check_close(
         losses.get("npair", l2_reg_weight=0.1)(x, labels), ref.npair(x, pairs, l2_reg_weight=0.1), [x]
     )
+    check_close(losses.get("npair", reduction="sum")(x, labels), ref.npair(x, pairs) * len(pairs), [x])
+    # Unsorted labels with a singleton class (no pair) and classes of uneven size.
+    shuffled = torch.tensor([3, 1, 0, 1, 3, 2, 0, 3, 1])
+    anchor, positive = losses.NPairLoss.first_pairs(shuffled, None)
+    assert sorted(zip(anchor.tolist(), positive.tolist())) == [(0, 4), (1, 3), (2, 6)]
 
 
 def test_npair_with_reference_set():

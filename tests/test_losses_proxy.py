@@ -11,7 +11,7 @@ import torch
 from torch.func import functional_call
 
 import deepmetric.losses as losses_pkg
-from deepmetric.distances import SquaredEuclideanDistance
+from deepmetric.distances import DotProductSimilarity, SquaredEuclideanDistance
 from deepmetric.losses.facility_location import clustering_nmi, greedy_loss_augmented_medoids
 from tests import loss_references_proxy as ref
 
@@ -258,6 +258,141 @@ def test_gradcheck(name):
         assert torch.autograd.gradcheck(
             with_params, (params.detach().clone().requires_grad_(),), fast_mode=True
         )
+
+
+# ----- the fused cosine-softmax head -----
+
+FUSED_HEADS = {  # name: (settings, attribute and the value that forces autograd's generic graph)
+    "normalized_softmax": ({"temperature": 0.2}, "fused_normalize_x", lambda: None),
+    "cosface": ({"scale": 8.0}, "fused_normalize_x", lambda: None),
+    "arcface": ({"scale": 8.0}, "fused_normalize_x", lambda: None),
+    "proxy_nca": ({"temperature": 0.5}, "cosine_scale", lambda: None),
+    # The dot product of normalised vectors is the cosine, but only the cosine distance takes the fused path.
+    "proxy_anchor": ({}, "distance", DotProductSimilarity(normalize_embeddings=True)),
+    "soft_triple": (
+        {"centers_per_class": 3, "la": 5.0},
+        "distance",
+        DotProductSimilarity(normalize_embeddings=True),
+    ),
+}
+
+
+def _fused_margins():
+    arcface = build("arcface", margin=0.4)
+    easy = build("arcface", margin=0.4, easy_margin=True)
+    cosface = build("cosface", margin=0.3)
+    return {
+        "none": None,
+        "cosface": cosface.margin_with_slope,
+        "arcface": arcface.margin_with_slope,
+        "arcface_easy": easy.margin_with_slope,
+    }
+
+
+@pytest.mark.parametrize("margin", ["none", "cosface", "arcface", "arcface_easy"])
+@pytest.mark.parametrize("normalize_x", [True, False])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_fused_head_gradcheck(margin, normalize_x, reduction):
+    from deepmetric.losses.cosine_softmax import cosine_cross_entropy
+
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(7, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 2])
+    margin_with_slope = _fused_margins()[margin]
+    assert torch.autograd.gradcheck(
+        lambda e, w: cosine_cross_entropy(e, w, labels, 3.0, normalize_x, margin_with_slope, reduction),
+        (x, weight),
+    )
+
+
+@pytest.mark.parametrize("name", list(FUSED_HEADS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_fused_head_matches_generic_graph(name, dtype, reduction, monkeypatch):
+    """Value and gradients (embeddings and class vectors) of the fused head equal autograd's graph of the
+    same formula, on a batch with a zero and a tiny embedding (float32/64), an embedding equal to its class vector (ArcFace's
+    cos = 1) and one opposite to it (beyond pi - m)."""
+    settings, switch, generic_value = FUSED_HEADS[name]
+    loss = build(name, reduction=reduction, **settings).double()
+    params = class_params(loss)
+    x, labels = batch(seed=8)
+    x = x.detach().clone()
+    if dtype != torch.float16:  # F.normalize's gradient below its eps is 1 / eps: beyond float16's range
+        x[0] = 0
+        x[3] *= 1e-13 / x[3].norm()  # a norm below F.normalize's eps: no radial gradient
+    class_vectors = params.detach().reshape(NUM_CLASSES, -1, DIM)[:, 0]  # the first centre of SoftTriple's
+    x[1] = class_vectors[labels[1]] * 3
+    x[2] = -class_vectors[labels[2]]
+    x = x.to(dtype).requires_grad_()
+    fused = loss(x, labels)
+    fused_grads = gradients(fused.sum(), x, params)
+    monkeypatch.setattr(loss, switch, generic_value)
+    generic = loss(x, labels)
+    generic_grads = gradients(generic.sum(), x, params)
+    tolerance = {"rtol": 1e-7, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    assert fused.dtype == generic.dtype and fused.shape == generic.shape
+    torch.testing.assert_close(fused, generic, **tolerance)
+    for got, want in zip(fused_grads, generic_grads):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, **tolerance)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("gamma", [0.5, 0.02])  # exp path; the softmax kernel below gamma = 2 / 80
+def test_soft_triple_fused_head_gradcheck(reduction, gamma):
+    loss = build("soft_triple", centers_per_class=3, la=4.0, gamma=gamma, reduction=reduction).double()
+    x, labels = batch(classes=(0, 1, 2), per_class=2, seed=12)
+    assert torch.autograd.gradcheck(
+        lambda e, c: functional_call(loss, {"centers": c}, (e, labels)),
+        (x, loss.centers.detach().clone().requires_grad_()),
+    )
+
+
+class _GenericSquaredEuclidean(SquaredEuclideanDistance):
+    """The same distance under another type: NCA's fused path takes only SquaredEuclideanDistance itself."""
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none", "mean_nonzero"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_nca_fused_path_matches_generic_graph(reduction, dtype, normalize):
+    """A singleton class (no positive: left out), duplicated embeddings (distance 0) and a zero embedding."""
+    x, _ = batch(seed=13, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4])
+    x = x.detach().clone()
+    x[1] = x[0]
+    x[4] = 0
+    x = (x * 0.5).to(dtype).requires_grad_()
+    fused_loss = build(
+        "nca", reduction=reduction, distance=SquaredEuclideanDistance(normalize_embeddings=normalize)
+    )
+    generic_loss = build(
+        "nca", reduction=reduction, distance=_GenericSquaredEuclidean(normalize_embeddings=normalize)
+    )
+    fused, generic = fused_loss(x, labels), generic_loss(x, labels)
+    tolerance = {"rtol": 1e-7, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    assert fused.dtype == generic.dtype and fused.shape == generic.shape
+    torch.testing.assert_close(fused, generic, **tolerance)
+    torch.testing.assert_close(gradients(fused.sum(), x)[0], gradients(generic.sum(), x)[0], **tolerance)
+
+
+def test_nca_fused_path_gradcheck():
+    loss = build("nca", scale=0.7, reduction="sum")
+    x, _ = batch(seed=14)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 0, 1, 2, 2])  # class 3 has no positive
+    assert torch.autograd.gradcheck(lambda e: loss(e, labels), (x,))
+
+
+def test_normalized_softmax_dot_distance_fuses_without_normalising_embeddings():
+    loss = build("normalized_softmax", distance="dot", temperature=0.5).double()
+    assert loss.fused_normalize_x() is False
+    x, labels = batch(seed=9)
+    weight = torch.nn.functional.normalize(loss.weight, dim=1)
+    expected = torch.nn.functional.cross_entropy(x @ weight.T / 0.5, labels)
+    torch.testing.assert_close(loss(x, labels), expected)
+    for got, want in zip(gradients(loss(x, labels), x, loss.weight), gradients(expected, x, loss.weight)):
+        torch.testing.assert_close(got, want)
 
 
 # ----- degenerate batches -----

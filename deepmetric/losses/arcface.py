@@ -22,7 +22,11 @@ import torch
 
 from deepmetric.distances import Distance
 from deepmetric.losses.base import LOSSES
-from deepmetric.losses.proxies import CosineSoftmaxLoss, additive_angular_margin
+from deepmetric.losses.proxies import (
+    CosineSoftmaxLoss,
+    additive_angular_margin,
+    additive_angular_margin_with_slope,
+)
 
 
 @LOSSES.register("arcface")
@@ -46,6 +50,9 @@ class ArcFaceLoss(CosineSoftmaxLoss):
 
     def target_logit(self, target: torch.Tensor) -> torch.Tensor:
         return additive_angular_margin(target, self.margin, self.easy_margin)
+
+    def margin_with_slope(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return additive_angular_margin_with_slope(target, self.margin, self.easy_margin)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}, easy_margin={self.easy_margin}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deepmetric.distances import Distance
+from deepmetric.distances import CosineSimilarity, Distance, DotProductSimilarity
 from deepmetric.losses.base import LOSSES
 from deepmetric.losses.logits import similarity_logits, working_dtype
 from deepmetric.losses.proxies import CosineSoftmaxLoss
@@ -38,6 +38,13 @@ class NormalizedSoftmaxLoss(CosineSoftmaxLoss):
             num_classes, embedding_size, 1.0 / temperature, distance=distance, reduction=reduction
         )
         self.temperature = temperature
+
+    def fused_normalize_x(self) -> bool | None:
+        # The weights are always normalised, so the dot product (with or without normalised embeddings)
+        # fuses too.
+        if type(self.distance) in (CosineSimilarity, DotProductSimilarity):
+            return self.distance.normalize_embeddings
+        return None
 
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         dtype = working_dtype(embeddings, self.weight)

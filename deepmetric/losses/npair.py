@@ -25,15 +25,15 @@ from deepmetric.losses.base import LOSSES, MetricLoss
 from deepmetric.masks import PairIndices, TripletIndices
 
 
-def _first_of_each_class(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(classes, first, order)``: sorted classes, the position in ``labels[order]`` where each starts, and
-    the stable sort order (so the first position of a class is its first sample in batch order)."""
+def _first_of_each_class(
+    labels: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(classes, first, counts, order)``: sorted classes, the position in ``labels[order]`` where each starts,
+    its number of samples, and the stable sort order (so the first position of a class is its first sample in
+    batch order)."""
     order = torch.argsort(labels, stable=True)
-    sorted_labels = labels[order]
-    starts = torch.ones_like(sorted_labels, dtype=torch.bool)
-    starts[1:] = sorted_labels[1:] != sorted_labels[:-1]
-    firsts = starts.nonzero().squeeze(1)
-    return sorted_labels[firsts], firsts, order
+    classes, counts = torch.unique_consecutive(labels[order], return_counts=True)
+    return classes, counts.cumsum(0).sub_(counts), counts, order
 
 
 @LOSSES.register("npair")
@@ -61,12 +61,18 @@ class NPairLoss(MetricLoss):
             anchor, positive = self.one_pair_per_class(labels, self.masks(labels, indices, ref_labels)[0])
         if anchor.numel() == 0:
             return embeddings.new_zeros(0)
-        references = embeddings if ref_embeddings is None else ref_embeddings
-        anchors, pairs = embeddings[anchor], references[positive]
+        if ref_embeddings is None:  # one gather (and one scatter in the backward pass) for both sides
+            anchors, pairs = embeddings[torch.cat((anchor, positive))].split(len(anchor))
+        else:
+            anchors, pairs = embeddings[anchor], ref_embeddings[positive]
         logits = self.distance(anchors, pairs)
         if not self.distance.is_similarity:
             logits = -logits
-        losses = F.cross_entropy(logits, torch.arange(len(anchor), device=logits.device), reduction="none")
+        targets = torch.arange(len(anchor), device=logits.device)
+        if self.reduction in ("mean", "sum") and not self.l2_reg_weight:
+            # Reduced by cross_entropy itself: the shared reducer passes the scalar through unchanged.
+            return F.cross_entropy(logits, targets, reduction=self.reduction)
+        losses = F.cross_entropy(logits, targets, reduction="none")
         if self.l2_reg_weight:
             losses = losses + self.l2_reg_weight / 4 * (anchors.square().sum(1) + pairs.square().sum(1))
         return losses
@@ -78,13 +84,11 @@ class NPairLoss(MetricLoss):
         """The same rule as :meth:`one_pair_per_class` for all pairs, from a stable sort of the labels
         (no ``B x B`` mask): per class its first sample and, as positive, its second sample (or the first
         sample of the class in the reference set)."""
-        classes, firsts, order = _first_of_each_class(labels)
+        classes, firsts, counts, order = _first_of_each_class(labels)
         if ref_labels is None:
-            sorted_labels = labels[order]
-            second = (firsts + 1).clamp_max(len(labels) - 1)
-            has_second = (second > firsts) & (sorted_labels[second] == classes)
-            return order[firsts[has_second]], order[second[has_second]]
-        ref_classes, ref_firsts, ref_order = _first_of_each_class(ref_labels)
+            firsts = firsts[counts > 1]
+            return order[firsts], order[firsts + 1]
+        ref_classes, ref_firsts, _, ref_order = _first_of_each_class(ref_labels)
         slot = torch.searchsorted(ref_classes, classes).clamp_max(len(ref_classes) - 1)
         shared = ref_classes[slot] == classes
         return order[firsts[shared]], ref_order[ref_firsts[slot[shared]]]

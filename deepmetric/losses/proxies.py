@@ -7,7 +7,8 @@
   initialisation the paper uses.
 - :class:`CosineSoftmaxLoss`: cross-entropy over scaled similarities to one weight vector per class with a
   margin applied to the target class; NormSoftmax, CosFace and ArcFace differ only in the margin.
-- :func:`additive_angular_margin`: ArcFace's ``cos(theta + m)`` without ``arccos``.
+- :func:`additive_angular_margin`: ArcFace's ``cos(theta + m)`` without ``arccos``, and
+  :func:`additive_angular_margin_with_slope`, the same with its derivative for the fused head.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepmetric.distances import CosineSimilarity, Distance, safe_sqrt
+from deepmetric.distances import SQRT_ZERO_THRESHOLD, CosineSimilarity, Distance, safe_sqrt
 from deepmetric.losses.base import MetricLoss
-from deepmetric.losses.logits import mined_samples, similarity_logits
+from deepmetric.losses.cosine_softmax import cosine_cross_entropy
+from deepmetric.losses.logits import mined_samples, similarity_logits, working_dtype
 from deepmetric.masks import PairIndices, TripletIndices
 
 INITIALISATIONS = {
@@ -71,6 +73,25 @@ def additive_angular_margin(cosine: torch.Tensor, margin: float, easy_margin: bo
     return torch.where(cosine >= -math.cos(margin), shifted, cosine - margin * math.sin(margin))
 
 
+def additive_angular_margin_with_slope(
+    cosine: torch.Tensor, margin: float, easy_margin: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`additive_angular_margin` and its derivative in ``cosine``, without autograd, for the fused head:
+    ``cos(m) + sin(m) cos / sin`` on the shifted branch (``cos(m)`` where the sine is numerically zero, as
+    :func:`safe_sqrt` has it), 1 on the others."""
+    cos_m, sin_m = math.cos(margin), math.sin(margin)
+    sine = (cosine * cosine).neg_().add_(1).clamp_min_(0).sqrt_()
+    shifted = torch.add(cosine * cos_m, sine, alpha=-sin_m)
+    shifted_slope = torch.where(sine > SQRT_ZERO_THRESHOLD, cosine / sine, 0).mul_(sin_m).add_(cos_m)
+    if easy_margin:
+        on_shifted = cosine > 0
+        value = torch.where(on_shifted, shifted, cosine)
+    else:
+        on_shifted = cosine >= -cos_m
+        value = torch.where(on_shifted, shifted, cosine - margin * sin_m)
+    return value, torch.where(on_shifted, shifted_slope, 1.0)
+
+
 class ClassWeightLoss(MetricLoss):
     """Base of the losses that compare embeddings with learned per-class vectors."""
 
@@ -110,7 +131,10 @@ class ClassWeightLoss(MetricLoss):
             return
         if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dtype.is_complex:
             raise ValueError(f"{name} needs integer class ids as labels, got dtype {labels.dtype}")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+        if not labels.numel():
+            return
+        low, high = (bound.item() for bound in torch.aminmax(labels))
+        if low < 0 or high >= self.num_classes:
             bad = labels[(labels < 0) | (labels >= self.num_classes)][0].item()
             raise ValueError(f"label {bad} is outside [0, num_classes={self.num_classes}) of {name}")
 
@@ -126,6 +150,11 @@ class ClassWeightLoss(MetricLoss):
         learned class vectors (``rows x embedding_size``)."""
         self.check_inputs(embeddings, labels, ref_embeddings)
         return similarity_logits(self.distance, embeddings, class_vectors, temperature)
+
+    def fused_reduction(self, indices: PairIndices | TripletIndices | None) -> str:
+        """The reduction a fused head may apply itself (its scalar passes the shared reducer unchanged):
+        ``mean`` or ``sum`` over all samples, else ``none`` (per-sample losses for :meth:`select`)."""
+        return self.reduction if indices is None and self.reduction in ("mean", "sum") else "none"
 
     def select(
         self,
@@ -172,6 +201,16 @@ class CosineSoftmaxLoss(ClassWeightLoss):
     def target_logit(self, target: torch.Tensor) -> torch.Tensor:
         return target
 
+    def margin_with_slope(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`target_logit` and its derivative at ``target`` (None for a slope of 1), without autograd: the
+        margin of the fused head."""
+        return self.target_logit(target), None
+
+    def fused_normalize_x(self) -> bool | None:
+        """Whether the fused head (:func:`cosine_cross_entropy`) normalises the embeddings, or None where it
+        does not compute this loss's logits (then :meth:`logits` and autograd's graph are used)."""
+        return True if type(self.distance) is CosineSimilarity else None
+
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The scaled logits, margin included, in the working dtype."""
         sims = similarity_logits(self.distance, embeddings, self.weight)
@@ -188,7 +227,20 @@ class CosineSoftmaxLoss(ClassWeightLoss):
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
         self.check_inputs(embeddings, labels, ref_embeddings)
-        losses = F.cross_entropy(self.logits(embeddings, labels), labels.long(), reduction="none")
+        normalize_x = self.fused_normalize_x()
+        if normalize_x is None:
+            losses = F.cross_entropy(self.logits(embeddings, labels), labels.long(), reduction="none")
+        else:
+            dtype = working_dtype(embeddings, self.weight)
+            losses = cosine_cross_entropy(
+                embeddings.to(dtype),
+                self.weight.to(dtype),
+                labels,
+                self.scale,
+                normalize_x,
+                self.margin_with_slope,
+                self.fused_reduction(indices),
+            )
         return self.select(losses, indices)
 
     def extra_repr(self) -> str:

@@ -13,6 +13,11 @@ every proxy of its labels and a negative of the others.
 
 Per-element losses are per proxy, ``l_p = |P|/|P+| [p in P+] pos_p + neg_p``, so that their mean (the
 default reduction) is exactly ``L``. With mined ``indices`` only the mined samples enter the sums.
+
+With the cosine similarity (the default) and no miner the loss runs as one autograd node with a hand-written
+backward: ``log(1 + sum exp(z))`` has gradient ``softmax`` over ``{0} + z``, i.e. ``sigmoid(lse) softmax(z)``;
+the similarities are computed as ``C x N`` (one softmax kernel per proxy row) and the normalisations are
+handled as in :mod:`deepmetric.losses.cosine_softmax` (never materialised).
 """
 
 from __future__ import annotations
@@ -20,11 +25,76 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deepmetric.distances import Distance
+from deepmetric.distances import CosineSimilarity, Distance
 from deepmetric.losses.base import LOSSES
-from deepmetric.losses.logits import masked_logsumexp, mined_samples
+from deepmetric.losses.cosine_softmax import inverse_norms
+from deepmetric.losses.logits import masked_logsumexp, mined_samples, working_dtype
 from deepmetric.losses.proxies import ClassWeightLoss, class_weights
 from deepmetric.masks import PairIndices, TripletIndices
+
+
+def _softplus_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, ``log(1 + sum exp(logits))`` and its gradient ``sigmoid(lse) softmax(logits)`` (entries pushed
+    down by a huge offset count as absent: a row of only those gives 0 and a zero gradient)."""
+    probs = torch.softmax(logits, 1)
+    lse = logits.amax(1).sub_(probs.amax(1).log_())  # max - log(largest probability)
+    return F.softplus(lse), probs.mul_(torch.sigmoid(lse).unsqueeze(1))
+
+
+class _ProxyAnchor(torch.autograd.Function):
+    """Per-proxy losses ``neg_p + |P| / |P+| pos_p`` (reduced by ``reduction``: ``none``, ``mean`` or ``sum``)
+    for embeddings ``x`` (``N x D``), proxies (``C x D``) and the ``C x N`` 0/1 matrix ``positive``."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        proxies: torch.Tensor,
+        positive: torch.Tensor,
+        alpha: float,
+        margin: float,
+        reduction: str,
+    ) -> torch.Tensor:
+        needs_grad = any(ctx.needs_input_grad[:2])
+        inv_x, radial_x = inverse_norms(x, needs_grad)
+        inv_p, radial_p = inverse_norms(proxies, needs_grad)
+        cosines = torch.mm(proxies, x.T).mul_(inv_x).mul_(inv_p.unsqueeze(1))  # C x N
+        # Entries outside a group are pushed down by a huge finite offset: exp gives exactly 0.
+        offset = torch.finfo(cosines.dtype).max / 8
+        positive_logits = torch.add(cosines * -alpha, 1 - positive, alpha=-offset).add_(alpha * margin)
+        negative_logits = torch.add(cosines * alpha, positive, alpha=-offset).add_(alpha * margin)
+        pos_terms, pos_grad = _softplus_logsumexp(positive_logits)
+        neg_terms, neg_grad = _softplus_logsumexp(negative_logits)
+        # Each proxy's share of the positive average, rescaled so that the mean over proxies is L.
+        pos_weight = len(proxies) / positive.amax(1).sum().clamp_min(1)
+        losses = pos_terms.mul_(pos_weight).add_(neg_terms)
+        if needs_grad:
+            # dL/dcos = alpha (neg_grad - pos_weight pos_grad), per proxy row; the reduction is folded in.
+            grad_scale = alpha / len(proxies) if reduction == "mean" else alpha
+            ctx.save_for_backward(
+                x, proxies, inv_x, radial_x, inv_p, radial_p, cosines,
+                neg_grad.sub_(pos_grad.mul_(pos_weight)).mul_(grad_scale),
+            )  # fmt: skip
+        if reduction == "mean":
+            return losses.mean()
+        return losses.sum() if reduction == "sum" else losses
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        x, proxies, inv_x, radial_x, inv_p, radial_p, cosines, cosine_grad = ctx.saved_tensors
+        cosine_grad = cosine_grad * (grad if grad.ndim == 0 else grad.unsqueeze(1))
+        radial = cosine_grad * cosines  # v_c.dV_c summed over columns, u_i.dU_i over rows
+        raw_grad = cosine_grad.mul_(inv_x).mul_(inv_p.unsqueeze(1))
+        grad_x = grad_p = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.mm(raw_grad.T, proxies)
+            grad_x.addcmul_(x, radial.sum(0).mul_(radial_x).unsqueeze(1), value=-1)
+        if ctx.needs_input_grad[1]:
+            grad_p = torch.mm(raw_grad, x)
+            grad_p.addcmul_(proxies, radial.sum(1).mul_(radial_p).unsqueeze(1), value=-1)
+        return grad_x, grad_p, None, None, None, None
 
 
 @LOSSES.register("proxy_anchor")
@@ -53,6 +123,19 @@ class ProxyAnchorLoss(ClassWeightLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
+        if type(self.distance) is CosineSimilarity and indices is None:
+            self.check_inputs(embeddings, labels, ref_embeddings)
+            dtype = working_dtype(embeddings, self.proxies)
+            classes = torch.arange(self.num_classes, device=labels.device)
+            positive = torch.empty(self.num_classes, len(labels), dtype=dtype, device=labels.device)
+            if labels.ndim == 1:
+                torch.eq(classes.unsqueeze(1), labels.unsqueeze(0), out=positive)
+            else:
+                torch.ne(labels.T, 0, out=positive)
+            reduction = self.fused_reduction(indices)
+            return _ProxyAnchor.apply(
+                embeddings.to(dtype), self.proxies.to(dtype), positive, self.alpha, self.margin, reduction
+            )
         sims = self.class_logits(embeddings, labels, ref_embeddings, self.proxies)  # N x C
         # A sample is a positive of its class's proxy, or of every proxy of its labels (multi-hot).
         positive = F.one_hot(labels.long(), self.num_classes).bool() if labels.ndim == 1 else labels.bool()

@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deepmetric.distances import Distance, SquaredEuclideanDistance
+from deepmetric.distances import CosineSimilarity, Distance, SquaredEuclideanDistance
 from deepmetric.losses.base import LOSSES
-from deepmetric.losses.logits import masked_logsumexp
+from deepmetric.losses.cosine_softmax import cosine_cross_entropy
+from deepmetric.losses.logits import masked_logsumexp, working_dtype
 from deepmetric.losses.proxies import ClassWeightLoss, class_weights
 from deepmetric.masks import PairIndices, TripletIndices
 
@@ -54,6 +55,16 @@ class ProxyNCALoss(ClassWeightLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
+        cosine_scale = self.cosine_scale()
+        if labels.ndim == 1 and cosine_scale is not None:
+            self.check_inputs(embeddings, labels, ref_embeddings)
+            dtype = working_dtype(embeddings, self.proxies)
+            proxies = self.proxies.to(dtype)
+            reduction = self.fused_reduction(indices)
+            losses = cosine_cross_entropy(
+                embeddings.to(dtype), proxies, labels, cosine_scale, reduction=reduction
+            )
+            return self.select(losses, indices)
         logits = self.class_logits(embeddings, labels, ref_embeddings, self.proxies, self.temperature)
         if labels.ndim == 1:
             return self.select(F.cross_entropy(logits, labels.long(), reduction="none"), indices)
@@ -61,6 +72,18 @@ class ProxyNCALoss(ClassWeightLoss):
         losses = torch.logsumexp(logits, 1) - masked_logsumexp(logits, positives, 1)
         # A sample without any label has no positive proxy and does not enter the loss.
         return self.select(losses, indices, keep=positives.any(1))
+
+    def cosine_scale(self) -> float | None:
+        """The scale ``s`` with which the logits are ``s cos(x, p)`` up to a per-sample constant (which the
+        softmax ignores), so that the fused head computes the loss; None for other distances.
+
+        Between unit vectors ``||u - v||^2 = 2 - 2 u.v``, so the default's logits are ``(2 u.v - 2) / T``.
+        """
+        if type(self.distance) is CosineSimilarity:
+            return 1 / self.temperature
+        if type(self.distance) is SquaredEuclideanDistance and self.distance.normalize_embeddings:
+            return 2 / self.temperature
+        return None
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, temperature={self.temperature}"

@@ -23,11 +23,44 @@ from deepmetric.losses.base import LOSSES, MetricLoss
 from deepmetric.masks import PairIndices, TripletIndices
 
 
-def _weighted_mean(values: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per row, Σ w v / Σ w over the masked entries with w = exp(scores) (constant); 0 for an empty row."""
-    filled = scores.detach().masked_fill(~mask, torch.finfo(scores.dtype).min)
-    weights = torch.softmax(filled, dim=1) * mask
-    return (weights * values).sum(1)
+def _weighted_excess(
+    excess: torch.Tensor, temperature: float, pairs: torch.Tensor, offset: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, ``(sum w e / sum w, w / sum w)`` over the pairs (0/1 ``pairs``) whose excess ``e`` is
+    positive, with constant weights ``w = exp(temperature e)``; an empty row gives 0 and zero weights."""
+    # Buffers are reused in place: at large batches every fresh N x N tensor costs page faults.
+    hard = torch.gt(excess, 0, out=torch.empty_like(excess)).mul_(pairs).sub_(1)  # 0 inside, -1 outside
+    # Pairs outside the hard set are pushed down by a huge finite offset: their softmax weight is exactly 0.
+    weights = torch.softmax(torch.mul(excess, temperature).add_(hard, alpha=offset), 1).mul_(hard.add_(1))
+    return torch.mul(weights, excess, out=hard).sum(1), weights
+
+
+class _RankedListHead(torch.autograd.Function):
+    """The per-anchor loss from the distance matrix as one node: the weights are constants, so the gradient in
+    ``D_ij`` is ``(1 - lambda) w+_ij - lambda w-_ij``, kept from the forward pass."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        dist: torch.Tensor,
+        positives: torch.Tensor,
+        negatives: torch.Tensor,
+        loss: RankedListLoss,
+    ) -> torch.Tensor:
+        offset = torch.finfo(dist.dtype).max / 8
+        pos_loss, pos_weights = _weighted_excess(
+            dist - (loss.alpha - loss.margin), loss.pos_temperature, positives, offset
+        )
+        neg_loss, neg_weights = _weighted_excess(loss.alpha - dist, loss.temperature, negatives, offset)
+        ctx.save_for_backward(pos_weights.mul_(1 - loss.imbalance).sub_(neg_weights, alpha=loss.imbalance))
+        return pos_loss.mul_(1 - loss.imbalance).add_(neg_loss, alpha=loss.imbalance)
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None, None]:
+        (dist_grad,) = ctx.saved_tensors
+        return dist_grad * grad.unsqueeze(1), None, None, None
 
 
 @LOSSES.register("ranked_list")
@@ -62,14 +95,9 @@ class RankedListLoss(MetricLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        dist, positives, negatives = self.pair_matrix(embeddings, labels, indices, ref_embeddings, ref_labels)
-        pos_excess = dist - (self.alpha - self.margin)
-        neg_excess = self.alpha - dist
-        hard_pos = positives & (pos_excess > 0)
-        hard_neg = negatives & (neg_excess > 0)
-        pos_loss = _weighted_mean(pos_excess, self.pos_temperature * pos_excess, hard_pos)
-        neg_loss = _weighted_mean(neg_excess, self.temperature * neg_excess, hard_neg)
-        return (1 - self.imbalance) * pos_loss + self.imbalance * neg_loss
+        dist = self.distance(embeddings, ref_embeddings)
+        positives, negatives = self.pair_weights(labels, indices, ref_labels, dist.dtype)
+        return _RankedListHead.apply(dist, positives, negatives, self)
 
     def extra_repr(self) -> str:
         return (

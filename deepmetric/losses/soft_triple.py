@@ -14,6 +14,10 @@ Defaults ``K = 10``, ``lambda = 20``, ``gamma = 0.1``, ``tau = 0.2``, ``delta = 
 initialised kaiming-uniform and compared by cosine similarity (embeddings and centres normalised).
 Per-element losses are ``l_i + tau R(w)``, so their mean is ``L``. The square root of ``R`` is zero-safe
 (the paper's code adds ``1e-5`` under it instead).
+
+With the cosine similarity (the default) ``l_i`` runs as one autograd node with a hand-written backward:
+``dS_{i,c}/ds_{i,c,k} = p_k (1 + (s_{i,c,k} - S_{i,c}) / gamma)`` (``p`` the softmax over centres), and the
+normalisations are handled as in :mod:`deepmetric.losses.cosine_softmax` (never materialised).
 """
 
 from __future__ import annotations
@@ -21,10 +25,97 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deepmetric.distances import Distance, safe_sqrt
+from deepmetric.distances import CosineSimilarity, Distance, safe_sqrt
 from deepmetric.losses.base import LOSSES
+from deepmetric.losses.cosine_softmax import inverse_norms
+from deepmetric.losses.logits import working_dtype
 from deepmetric.losses.proxies import ClassWeightLoss, class_weights
 from deepmetric.masks import PairIndices, TripletIndices
+
+
+class _SoftTripleCrossEntropy(torch.autograd.Function):
+    """``l_i`` (reduced by ``reduction``: ``none``, ``mean`` or ``sum``) for embeddings ``x`` (``N x D``) and
+    centres (``C K x D``, class-major), both normalised, as one node."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        centers: torch.Tensor,
+        labels: torch.Tensor,
+        centers_per_class: int,
+        la: float,
+        gamma: float,
+        margin: float,
+        reduction: str,
+    ) -> torch.Tensor:
+        needs_grad = any(ctx.needs_input_grad[:2])
+        inv_x, radial_x = inverse_norms(x, needs_grad)
+        inv_c, radial_c = inverse_norms(centers, needs_grad)
+        cosines = torch.mm(x, centers.T).mul_(inv_c).mul_(inv_x.unsqueeze(1))
+        cosines = cosines.view(len(x), -1, centers_per_class)
+        if gamma > 2 / 80:
+            # |cos| <= 1, so exp((cos - 1) / gamma) lies in [exp(-2 / gamma), 1]: no overflow, and no row
+            # underflows to all zeros for this gamma. Plain exp is several times faster on CPU than the
+            # softmax kernel over an innermost dimension of K.
+            center_probs = torch.mul(cosines, 1 / gamma).sub_(1 / gamma).exp_()
+            center_probs /= center_probs.sum(2, keepdim=True)
+        else:
+            center_probs = torch.softmax(cosines * (1 / gamma), 2)
+        relaxed = (center_probs * cosines).sum(2)  # S, N x C
+        target_index = labels.unsqueeze(1)
+        logits = relaxed * la
+        target = logits.gather(1, target_index).sub_(la * margin)
+        logits.scatter_(1, target_index, target)
+        # One softmax kernel gives both the log-sum-exp (largest probability = exp(max - lse)) and the
+        # probabilities the backward needs.
+        probs = torch.softmax(logits, 1)
+        losses = logits.amax(1).sub_(probs.amax(1).log_()).sub_(target.squeeze(1))
+        if needs_grad:
+            ctx.grad_scale = la / len(losses) if reduction == "mean" else la
+            ctx.gamma = gamma
+            ctx.save_for_backward(
+                x,
+                centers,
+                inv_x,
+                radial_x,
+                inv_c,
+                radial_c,
+                cosines,
+                center_probs,
+                relaxed,
+                probs,
+                target_index,
+            )
+        if reduction == "mean":
+            return losses.mean()
+        return losses.sum() if reduction == "sum" else losses
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        x, centers, inv_x, radial_x, inv_c, radial_c, cosines, center_probs, relaxed, probs, target_index = (
+            ctx.saved_tensors
+        )
+        scaled_grad = (grad if grad.ndim == 0 else grad.unsqueeze(1)) * ctx.grad_scale
+        relaxed_grad = probs * scaled_grad  # dl/dS = la (softmax - onehot)
+        relaxed_grad.scatter_(1, target_index, probs.gather(1, target_index).sub_(1).mul_(scaled_grad))
+        # dS_c/ds_ck = p_k (1 + (s_ck - S_c) / gamma)
+        cosine_grad = (cosines - relaxed.unsqueeze(2)).mul_(1 / ctx.gamma).add_(1)
+        cosine_grad *= center_probs
+        cosine_grad *= relaxed_grad.unsqueeze(2)
+        cosine_grad = cosine_grad.view(len(x), -1)
+        radial = cosine_grad * cosines.view(len(x), -1)
+        raw_grad = cosine_grad.mul_(inv_c).mul_(inv_x.unsqueeze(1))
+        grad_x = grad_centers = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.mm(raw_grad, centers)
+            grad_x.addcmul_(x, radial.sum(1).mul_(radial_x).unsqueeze(1), value=-1)
+        if ctx.needs_input_grad[1]:
+            grad_centers = torch.mm(raw_grad.T, x)
+            grad_centers.addcmul_(centers, radial.sum(0).mul_(radial_c).unsqueeze(1), value=-1)
+        return grad_x, grad_centers, None, None, None, None, None, None
 
 
 @LOSSES.register("soft_triple")
@@ -82,12 +173,30 @@ class SoftTripleLoss(ClassWeightLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        sims = self.class_similarities(embeddings, labels, ref_embeddings)
-        labels = labels.long()
-        margins = torch.zeros_like(sims).scatter_(1, labels[:, None], self.margin)
-        losses = F.cross_entropy(self.la * (sims - margins), labels, reduction="none")
+        reduction = "none"
+        if type(self.distance) is CosineSimilarity:
+            self.check_inputs(embeddings, labels, ref_embeddings)
+            dtype = working_dtype(embeddings, self.centers)
+            reduction = self.fused_reduction(indices)
+            losses = _SoftTripleCrossEntropy.apply(
+                embeddings.to(dtype),
+                self.centers.reshape(-1, self.embedding_size).to(dtype),
+                labels.long(),
+                self.centers_per_class,
+                self.la,
+                self.gamma,
+                self.margin,
+                reduction,
+            )
+        else:
+            sims = self.class_similarities(embeddings, labels, ref_embeddings)
+            labels = labels.long()
+            margins = torch.zeros_like(sims).scatter_(1, labels[:, None], self.margin)
+            losses = F.cross_entropy(self.la * (sims - margins), labels, reduction="none")
         if self.tau > 0 and self.centers_per_class > 1:
-            losses = losses + self.tau * self.regulariser().to(losses.dtype)
+            # Added to every sample's loss: once per sample in a fused sum.
+            regulariser = self.tau * self.regulariser().to(losses.dtype)
+            losses = losses + (len(embeddings) * regulariser if reduction == "sum" else regulariser)
         return self.select(losses, indices)
 
     def extra_repr(self) -> str:

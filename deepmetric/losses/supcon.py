@@ -10,6 +10,9 @@ Default ``tau = 0.1``. Per-element losses are per anchor with at least one posit
 (a multi-hot label matrix: positives share a label), a reference set and mined pairs come through the
 shared pair masks; with mined ``indices``, ``P(i)``/``A(i)`` hold only the mined pairs. With a distance
 instead of a similarity the logits are ``-d / tau``.
+
+The head (everything after the logits) is one autograd node: ``L_i = lse_{A(i)} - mean_{P(i)}`` of the logits,
+whose gradient is ``softmax_{A(i)} - [j in P(i)] / |P(i)|``.
 """
 
 from __future__ import annotations
@@ -17,8 +20,42 @@ from __future__ import annotations
 import torch
 
 from deepmetric.losses.base import LOSSES
-from deepmetric.losses.logits import PairSoftmaxLoss, masked_logsumexp
+from deepmetric.losses.logits import PairSoftmaxLoss, similarity_logits
 from deepmetric.masks import PairIndices, TripletIndices
+
+
+class _SupConHead(torch.autograd.Function):
+    """Per-anchor losses from the logits and the 0/1 positive and negative pair weights, and which anchors have
+    a positive (the others' losses are 0 and pass no gradient)."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        logits: torch.Tensor,
+        positives: torch.Tensor,
+        negatives: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Entries outside A(i) are pushed down by a huge finite offset: exp gives exactly 0, and a row without
+        # any pair stays finite. In-place work on the mask buffers: fresh N x N tensors cost page faults.
+        offset = torch.finfo(logits.dtype).max / 8
+        outside = negatives.add(positives).sub_(1)
+        shifted = torch.add(logits, outside, alpha=offset)
+        probs = torch.softmax(shifted, 1)
+        lse = shifted.amax(1).sub_(probs.amax(1).log_())  # max - log(largest probability)
+        num_positives = positives.sum(1)
+        has_positive = num_positives > 0
+        positive_share = positives.div(num_positives.clamp_min_(1).unsqueeze(1))
+        losses = lse.sub_(torch.mul(positive_share, logits, out=outside).sum(1)).mul_(has_positive)
+        ctx.save_for_backward(probs.sub_(positive_share), has_positive)
+        ctx.mark_non_differentiable(has_positive)
+        return losses, has_positive
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor, _: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None]:
+        logit_grad, has_positive = ctx.saved_tensors
+        return logit_grad * (grad * has_positive).unsqueeze(1), None, None
 
 
 @LOSSES.register("supcon")
@@ -31,9 +68,10 @@ class SupConLoss(PairSoftmaxLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        logits, positive, negative = self.pair_logits(embeddings, labels, indices, ref_embeddings, ref_labels)
-        log_prob = logits - masked_logsumexp(logits, positive | negative, dim=1)[:, None]
-        num_positives = positive.sum(1)
-        has_positive = num_positives > 0
-        mean_log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(1)
-        return -(mean_log_prob / num_positives.clamp_min(1).to(logits.dtype))[has_positive]
+        logits = similarity_logits(self.distance, embeddings, ref_embeddings, self.temperature)
+        positives, negatives = self.pair_weights(labels, indices, ref_labels, logits.dtype)
+        losses, has_positive = _SupConHead.apply(logits, positives, negatives)
+        # The mean and sum over anchors with a positive need no gathering (the others' losses are 0).
+        if self.reduction == "mean":
+            return losses.sum() / has_positive.sum().clamp_min(1)
+        return losses.sum() if self.reduction == "sum" else losses[has_positive]
