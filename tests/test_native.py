@@ -96,3 +96,27 @@ def test_topk_takes_candidates_in_any_order_and_breaks_ties_by_index(largest: bo
     expected_indices = torch.where(torch.isinf(expected_values), -1, expected_indices)
     assert torch.equal(values, expected_values)
     assert torch.equal(indices, expected_indices)
+
+
+def test_threads_work_in_a_forked_child() -> None:
+    """A process forked after the kernels ran on several threads (as DataLoader workers are) gets its own
+    thread pool instead of waiting forever on its parent's threads."""
+    if not native.available():
+        pytest.skip("the native kernels could not be built here (no C compiler)")
+    import multiprocessing
+
+    codes = np.random.default_rng(0).integers(0, 2**63, size=(64, 1), dtype=np.uint64)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = native.hamming_knn(codes, codes, 3)[1]
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            result = pool.apply_async(_hamming_in_child, (codes,)).get(timeout=30)
+    finally:
+        torch.set_num_threads(previous)
+    np.testing.assert_array_equal(result, expected)
+
+
+def _hamming_in_child(codes: np.ndarray) -> np.ndarray:
+    torch.set_num_threads(2)
+    return native.hamming_knn(codes, codes, 3)[1]

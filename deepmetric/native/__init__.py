@@ -131,19 +131,21 @@ def _threads(tasks: int) -> int:
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_pool_pid = 0  # a forked child (a DataLoader worker) inherits the pool object but none of its threads
 
 
 def _run_spans(function: Callable[[tuple[int, int]], None], spans: list[tuple[int, int]]) -> None:
     """``function`` on every span, in parallel on one long-lived pool (ctypes releases the GIL); a pool
     per call would cost more than a small block's work."""
-    global _pool, _pool_size
+    global _pool, _pool_size, _pool_pid
     if len(spans) == 1:
         function(spans[0])
         return
     with _lock:
-        if _pool_size < len(spans):
+        if _pool_size < len(spans) or _pool_pid != os.getpid():
             _pool_size = max(len(spans), os.cpu_count() or 1)
             _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="deepmetric")
+            _pool_pid = os.getpid()
         pool = _pool
     list(pool.map(function, spans))
 
