@@ -37,10 +37,61 @@ def inverse_norms(x: torch.Tensor, needs_grad: bool) -> tuple[torch.Tensor, torc
     return inverse, torch.ge(norms, NORM_EPS, out=torch.empty_like(norms)).mul_(inverse).mul_(inverse)
 
 
+Norms = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor | None]
+
+
+def cosine_matrix(
+    a: torch.Tensor, b: torch.Tensor, needs_grad: bool, normalize_a: bool = True
+) -> tuple[torch.Tensor, Norms]:
+    """``C = (A Bᵀ) / (||a|| ||b||ᵀ)`` (``A``'s rows unnormalised without ``normalize_a``) without
+    materialising normalised copies, and the :func:`inverse_norms` of both sides for
+    :func:`cosine_matrix_backward`: ``(inv_a, radial_a, inv_b, radial_b)``."""
+    inv_a, radial_a = inverse_norms(a, needs_grad) if normalize_a else (None, None)
+    inv_b, radial_b = inverse_norms(b, needs_grad)
+    cosines = torch.mm(a, b.T).mul_(inv_b)
+    if inv_a is not None:
+        cosines *= inv_a.unsqueeze(1)
+    return cosines, (inv_a, radial_a, inv_b, radial_b)
+
+
+def cosine_matrix_backward(
+    cosine_grad: torch.Tensor,
+    cosines: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    norms: Norms,
+    needs_a: bool,
+    needs_b: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients in ``a`` and ``b`` of :func:`cosine_matrix` given ``dC`` (overwritten): the gradient of a
+    row normalisation, ``(dU - u (u.dU)) / ||a||``, is ``H B - a (u.dU) / ||a||²`` with
+    ``H = dC / (||a|| ||b||ᵀ)`` and ``u_i.dU_i = sum_j dC_ij C_ij`` (and the same for ``b`` by columns)."""
+    inv_a, radial_a, inv_b, radial_b = norms
+    radial = cosine_grad * cosines  # u_i.dU_i summed over columns, v_j.dV_j over rows
+    raw_grad = cosine_grad.mul_(inv_b)
+    if inv_a is not None:
+        raw_grad *= inv_a.unsqueeze(1)
+    grad_a = grad_b = None
+    if needs_a:
+        grad_a = torch.mm(raw_grad, b)
+        if inv_a is not None:
+            grad_a.addcmul_(a, radial.sum(1).mul_(radial_a).unsqueeze(1), value=-1)
+    if needs_b:
+        grad_b = torch.mm(raw_grad.T, a)
+        grad_b.addcmul_(b, radial.sum(0).mul_(radial_b).unsqueeze(1), value=-1)
+    return grad_a, grad_b
+
+
+def reduced(losses: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``losses`` reduced inside a fused node: ``mean``, ``sum``, or ``none`` (unchanged)."""
+    if reduction == "mean":
+        return losses.mean()
+    return losses.sum() if reduction == "sum" else losses
+
+
 class _CosineCrossEntropy(torch.autograd.Function):
-    """Neither ``u`` nor ``v`` is materialised: ``C = (X Wᵀ) / (||x|| ||w||ᵀ)``, and the gradient of a row
-    normalisation, ``(dU - u (u.dU)) / ||x||``, is ``H W - x (u.dU) / ||x||²`` with ``H = dC / (||x|| ||w||ᵀ)``
-    and ``u_i.dU_i = sum_c dC_ic C_ic``. Only ``N x C`` temporaries arise besides the products' outputs."""
+    """Neither ``u`` nor ``v`` is materialised (:func:`cosine_matrix`): only ``N x C`` temporaries arise
+    besides the products' outputs."""
 
     @staticmethod
     def forward(
@@ -54,11 +105,7 @@ class _CosineCrossEntropy(torch.autograd.Function):
         reduction: str,
     ) -> torch.Tensor:
         needs_grad = any(ctx.needs_input_grad[:2])
-        inv_x, radial_x = inverse_norms(x, needs_grad) if normalize_x else (None, None)
-        inv_w, radial_w = inverse_norms(weight, needs_grad)
-        cosines = torch.mm(x, weight.T).mul_(inv_w)
-        if inv_x is not None:
-            cosines *= inv_x.unsqueeze(1)
+        cosines, norms = cosine_matrix(x, weight, needs_grad, normalize_x)
         target_index = labels.unsqueeze(1)
         target_cosine = cosines.gather(1, target_index)
         target, slope = (target_cosine, None) if margin is None else margin(target_cosine)
@@ -73,36 +120,23 @@ class _CosineCrossEntropy(torch.autograd.Function):
         if needs_grad:
             # The reduction is folded in: the incoming gradient of a mean or sum is one number.
             ctx.grad_scale = scale / len(losses) if reduction == "mean" else scale
-            ctx.save_for_backward(
-                x, weight, inv_x, radial_x, inv_w, radial_w, cosines, probs, target_index, slope
-            )
-        if reduction == "mean":
-            return losses.mean()
-        return losses.sum() if reduction == "sum" else losses
+            ctx.save_for_backward(x, weight, *norms, cosines, probs, target_index, slope)
+        return reduced(losses, reduction)
 
     @staticmethod
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        x, weight, inv_x, radial_x, inv_w, radial_w, cosines, probs, target_index, slope = ctx.saved_tensors
+        x, weight, *norms, cosines, probs, target_index, slope = ctx.saved_tensors
         scaled_grad = (grad if grad.ndim == 0 else grad.unsqueeze(1)) * ctx.grad_scale
         cosine_grad = probs * scaled_grad  # dl/dz = softmax - onehot, on the target column through f'
         target_grad = probs.gather(1, target_index).sub_(1).mul_(scaled_grad)
         if slope is not None:
             target_grad *= slope
         cosine_grad.scatter_(1, target_index, target_grad)
-        radial = cosine_grad * cosines  # u_i.dU_i summed over columns, v_c.dV_c over rows
-        raw_grad = cosine_grad.mul_(inv_w)
-        if inv_x is not None:
-            raw_grad *= inv_x.unsqueeze(1)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(raw_grad, weight)
-            if inv_x is not None:
-                grad_x.addcmul_(x, radial.sum(1).mul_(radial_x).unsqueeze(1), value=-1)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.mm(raw_grad.T, x)
-            grad_w.addcmul_(weight, radial.sum(0).mul_(radial_w).unsqueeze(1), value=-1)
+        grad_x, grad_w = cosine_matrix_backward(
+            cosine_grad, cosines, x, weight, tuple(norms), *ctx.needs_input_grad[:2]
+        )
         return grad_x, grad_w, None, None, None, None, None
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from deepmetric.distances import CosineSimilarity, Distance
 from deepmetric.losses.base import LOSSES
-from deepmetric.losses.cosine_softmax import inverse_norms
+from deepmetric.losses.cosine_softmax import cosine_matrix, cosine_matrix_backward, reduced
 from deepmetric.losses.logits import masked_logsumexp, mined_samples, working_dtype
 from deepmetric.losses.proxies import ClassWeightLoss, class_weights
 from deepmetric.masks import PairIndices, TripletIndices
@@ -56,9 +56,7 @@ class _ProxyAnchor(torch.autograd.Function):
         reduction: str,
     ) -> torch.Tensor:
         needs_grad = any(ctx.needs_input_grad[:2])
-        inv_x, radial_x = inverse_norms(x, needs_grad)
-        inv_p, radial_p = inverse_norms(proxies, needs_grad)
-        cosines = torch.mm(proxies, x.T).mul_(inv_x).mul_(inv_p.unsqueeze(1))  # C x N
+        cosines, norms = cosine_matrix(proxies, x, needs_grad)  # C x N
         # Entries outside a group are pushed down by a huge finite offset: exp gives exactly 0.
         offset = torch.finfo(cosines.dtype).max / 8
         positive_logits = torch.add(cosines * -alpha, 1 - positive, alpha=-offset).add_(alpha * margin)
@@ -72,28 +70,20 @@ class _ProxyAnchor(torch.autograd.Function):
             # dL/dcos = alpha (neg_grad - pos_weight pos_grad), per proxy row; the reduction is folded in.
             grad_scale = alpha / len(proxies) if reduction == "mean" else alpha
             ctx.save_for_backward(
-                x, proxies, inv_x, radial_x, inv_p, radial_p, cosines,
-                neg_grad.sub_(pos_grad.mul_(pos_weight)).mul_(grad_scale),
-            )  # fmt: skip
-        if reduction == "mean":
-            return losses.mean()
-        return losses.sum() if reduction == "sum" else losses
+                x, proxies, *norms, cosines, neg_grad.sub_(pos_grad.mul_(pos_weight)).mul_(grad_scale)
+            )
+        return reduced(losses, reduction)
 
     @staticmethod
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        x, proxies, inv_x, radial_x, inv_p, radial_p, cosines, cosine_grad = ctx.saved_tensors
+        x, proxies, *norms, cosines, cosine_grad = ctx.saved_tensors
         cosine_grad = cosine_grad * (grad if grad.ndim == 0 else grad.unsqueeze(1))
-        radial = cosine_grad * cosines  # v_c.dV_c summed over columns, u_i.dU_i over rows
-        raw_grad = cosine_grad.mul_(inv_x).mul_(inv_p.unsqueeze(1))
-        grad_x = grad_p = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(raw_grad.T, proxies)
-            grad_x.addcmul_(x, radial.sum(0).mul_(radial_x).unsqueeze(1), value=-1)
-        if ctx.needs_input_grad[1]:
-            grad_p = torch.mm(raw_grad, x)
-            grad_p.addcmul_(proxies, radial.sum(1).mul_(radial_p).unsqueeze(1), value=-1)
+        needs_x, needs_p = ctx.needs_input_grad[:2]
+        grad_p, grad_x = cosine_matrix_backward(
+            cosine_grad, cosines, proxies, x, tuple(norms), needs_p, needs_x
+        )
         return grad_x, grad_p, None, None, None, None
 
 

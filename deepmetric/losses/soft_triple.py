@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from deepmetric.distances import CosineSimilarity, Distance, safe_sqrt
 from deepmetric.losses.base import LOSSES
-from deepmetric.losses.cosine_softmax import inverse_norms
+from deepmetric.losses.cosine_softmax import cosine_matrix, cosine_matrix_backward, reduced
 from deepmetric.losses.logits import working_dtype
 from deepmetric.losses.proxies import ClassWeightLoss, class_weights
 from deepmetric.masks import PairIndices, TripletIndices
@@ -50,9 +50,7 @@ class _SoftTripleCrossEntropy(torch.autograd.Function):
         reduction: str,
     ) -> torch.Tensor:
         needs_grad = any(ctx.needs_input_grad[:2])
-        inv_x, radial_x = inverse_norms(x, needs_grad)
-        inv_c, radial_c = inverse_norms(centers, needs_grad)
-        cosines = torch.mm(x, centers.T).mul_(inv_c).mul_(inv_x.unsqueeze(1))
+        cosines, norms = cosine_matrix(x, centers, needs_grad)
         cosines = cosines.view(len(x), -1, centers_per_class)
         if gamma > 2 / 80:
             # |cos| <= 1, so exp((cos - 1) / gamma) lies in [exp(-2 / gamma), 1]: no overflow, and no row
@@ -74,30 +72,14 @@ class _SoftTripleCrossEntropy(torch.autograd.Function):
         if needs_grad:
             ctx.grad_scale = la / len(losses) if reduction == "mean" else la
             ctx.gamma = gamma
-            ctx.save_for_backward(
-                x,
-                centers,
-                inv_x,
-                radial_x,
-                inv_c,
-                radial_c,
-                cosines,
-                center_probs,
-                relaxed,
-                probs,
-                target_index,
-            )
-        if reduction == "mean":
-            return losses.mean()
-        return losses.sum() if reduction == "sum" else losses
+            ctx.save_for_backward(x, centers, *norms, cosines, center_probs, relaxed, probs, target_index)
+        return reduced(losses, reduction)
 
     @staticmethod
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        x, centers, inv_x, radial_x, inv_c, radial_c, cosines, center_probs, relaxed, probs, target_index = (
-            ctx.saved_tensors
-        )
+        x, centers, *norms, cosines, center_probs, relaxed, probs, target_index = ctx.saved_tensors
         scaled_grad = (grad if grad.ndim == 0 else grad.unsqueeze(1)) * ctx.grad_scale
         relaxed_grad = probs * scaled_grad  # dl/dS = la (softmax - onehot)
         relaxed_grad.scatter_(1, target_index, probs.gather(1, target_index).sub_(1).mul_(scaled_grad))
@@ -105,16 +87,14 @@ class _SoftTripleCrossEntropy(torch.autograd.Function):
         cosine_grad = (cosines - relaxed.unsqueeze(2)).mul_(1 / ctx.gamma).add_(1)
         cosine_grad *= center_probs
         cosine_grad *= relaxed_grad.unsqueeze(2)
-        cosine_grad = cosine_grad.view(len(x), -1)
-        radial = cosine_grad * cosines.view(len(x), -1)
-        raw_grad = cosine_grad.mul_(inv_c).mul_(inv_x.unsqueeze(1))
-        grad_x = grad_centers = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(raw_grad, centers)
-            grad_x.addcmul_(x, radial.sum(1).mul_(radial_x).unsqueeze(1), value=-1)
-        if ctx.needs_input_grad[1]:
-            grad_centers = torch.mm(raw_grad.T, x)
-            grad_centers.addcmul_(centers, radial.sum(0).mul_(radial_c).unsqueeze(1), value=-1)
+        grad_x, grad_centers = cosine_matrix_backward(
+            cosine_grad.view(len(x), -1),
+            cosines.view(len(x), -1),
+            x,
+            centers,
+            tuple(norms),
+            *ctx.needs_input_grad[:2],
+        )
         return grad_x, grad_centers, None, None, None, None, None, None
 
 
