@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 
+from deepmetric.losses.logits import softmax_logsumexp
+
 # F.normalize's default: norms below it are clamped, so zero vectors stay finite.
 NORM_EPS = 1e-12
 
@@ -111,11 +113,7 @@ class _CosineCrossEntropy(torch.autograd.Function):
         target, slope = (target_cosine, None) if margin is None else margin(target_cosine)
         logits = cosines * scale
         logits.scatter_(1, target_index, target * scale)
-        # The largest softmax probability is exp(max - lse): one softmax kernel gives both the log-sum-exp and
-        # the probabilities the backward needs (CPU's exp and log_softmax are several times slower when many
-        # terms underflow, as they do at the scales these losses use).
-        probs = torch.softmax(logits, 1)
-        lse = logits.amax(1).sub_(probs.amax(1).log_())
+        probs, lse = softmax_logsumexp(logits)  # the probabilities are the backward's
         losses = lse.sub_(target.squeeze(1), alpha=scale)
         if needs_grad:
             # The reduction is folded in: the incoming gradient of a mean or sum is one number.

@@ -89,21 +89,24 @@ def similarity_logits(
     return logits if temperature == 1 else logits / temperature
 
 
-class _LogSumExp(torch.autograd.Function):
-    """``logsumexp`` along ``dim`` through one fused softmax kernel.
+def softmax_logsumexp(x: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(softmax(x), logsumexp(x))`` along ``dim`` from one softmax kernel: the largest probability is
+    ``exp(max - lse)``, so ``lse = max - log(max probability)``. On CPU ``torch.logsumexp`` and
+    ``log_softmax`` go through ``exp``, several times slower than the softmax kernel when many terms
+    underflow (masked entries, the large scales of softmax losses); fused heads need both anyway."""
+    probs = torch.softmax(x, dim)
+    return probs, x.amax(dim).sub_(probs.amax(dim).log_())
 
-    ``torch.logsumexp`` and its backward go through ``exp`` on CPU, which is several times slower than the
-    softmax kernel when many terms underflow (masked entries, large scales). The largest softmax
-    probability is ``exp(max - lse)``, so ``lse = max - log(max probability)``; the gradient is the
-    softmax itself.
-    """
+
+class _LogSumExp(torch.autograd.Function):
+    """``logsumexp`` along ``dim`` through :func:`softmax_logsumexp`; the gradient is the softmax itself."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, dim: int) -> torch.Tensor:
-        probs = torch.softmax(x, dim)
+        probs, lse = softmax_logsumexp(x, dim)
         ctx.dim = dim
         ctx.save_for_backward(probs)
-        return x.amax(dim) - probs.amax(dim).log()
+        return lse
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:

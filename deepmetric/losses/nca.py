@@ -25,7 +25,13 @@ import torch
 
 from deepmetric.distances import Distance, SquaredEuclideanDistance, symmetrised
 from deepmetric.losses.base import LOSSES, MetricLoss
-from deepmetric.losses.logits import masked_logsumexp, row_logsumexp, similarity_logits, working_dtype
+from deepmetric.losses.logits import (
+    masked_logsumexp,
+    row_logsumexp,
+    similarity_logits,
+    softmax_logsumexp,
+    working_dtype,
+)
 from deepmetric.masks import PairIndices, TripletIndices
 
 
@@ -46,14 +52,10 @@ class _SelfNCA(torch.autograd.Function):
         unrelated = torch.ne(labels.unsqueeze(1), labels.unsqueeze(0), out=torch.empty_like(logits))
         # In the mask's buffer (a fresh N x N tensor costs page faults); the diagonal is already excluded.
         positive_logits = unrelated.mul_(excluded).add_(logits)
-        # log-sum-exp = max - log(largest softmax probability): the softmax kernel beats CPU's exp.
-        probs = torch.softmax(logits, 1)
-        positive_probs = torch.softmax(positive_logits, 1)
-        positive_max = positive_logits.amax(1)
-        has_positive = positive_max > excluded / 2
-        losses = (
-            logits.amax(1).sub_(probs.amax(1).log_()).sub_(positive_max.sub_(positive_probs.amax(1).log_()))
-        )
+        has_positive = positive_logits.amax(1) > excluded / 2
+        probs, lse = softmax_logsumexp(logits)
+        positive_probs, positive_lse = softmax_logsumexp(positive_logits)
+        losses = lse.sub_(positive_lse)
         losses *= has_positive
         ctx.scale = scale
         ctx.save_for_backward(x, probs.sub_(positive_probs), has_positive)

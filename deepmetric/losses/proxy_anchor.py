@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from deepmetric.distances import CosineSimilarity, Distance
 from deepmetric.losses.base import LOSSES
 from deepmetric.losses.cosine_softmax import cosine_matrix, cosine_matrix_backward, reduced
-from deepmetric.losses.logits import masked_logsumexp, mined_samples, working_dtype
+from deepmetric.losses.logits import masked_logsumexp, mined_samples, softmax_logsumexp, working_dtype
 from deepmetric.losses.proxies import ClassWeightLoss, class_weights
 from deepmetric.masks import PairIndices, TripletIndices
 
@@ -36,8 +36,7 @@ from deepmetric.masks import PairIndices, TripletIndices
 def _softplus_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, ``log(1 + sum exp(logits))`` and its gradient ``sigmoid(lse) softmax(logits)`` (entries pushed
     down by a huge offset count as absent: a row of only those gives 0 and a zero gradient)."""
-    probs = torch.softmax(logits, 1)
-    lse = logits.amax(1).sub_(probs.amax(1).log_())  # max - log(largest probability)
+    probs, lse = softmax_logsumexp(logits)
     return F.softplus(lse), probs.mul_(torch.sigmoid(lse).unsqueeze(1))
 
 

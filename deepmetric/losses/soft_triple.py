@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from deepmetric.distances import CosineSimilarity, Distance, safe_sqrt
 from deepmetric.losses.base import LOSSES
 from deepmetric.losses.cosine_softmax import cosine_matrix, cosine_matrix_backward, reduced
-from deepmetric.losses.logits import working_dtype
+from deepmetric.losses.logits import softmax_logsumexp, working_dtype
 from deepmetric.losses.proxies import ClassWeightLoss, class_weights
 from deepmetric.masks import PairIndices, TripletIndices
 
@@ -65,10 +65,8 @@ class _SoftTripleCrossEntropy(torch.autograd.Function):
         logits = relaxed * la
         target = logits.gather(1, target_index).sub_(la * margin)
         logits.scatter_(1, target_index, target)
-        # One softmax kernel gives both the log-sum-exp (largest probability = exp(max - lse)) and the
-        # probabilities the backward needs.
-        probs = torch.softmax(logits, 1)
-        losses = logits.amax(1).sub_(probs.amax(1).log_()).sub_(target.squeeze(1))
+        probs, lse = softmax_logsumexp(logits)  # the probabilities are the backward's
+        losses = lse.sub_(target.squeeze(1))
         if needs_grad:
             ctx.grad_scale = la / len(losses) if reduction == "mean" else la
             ctx.gamma = gamma

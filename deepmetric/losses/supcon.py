@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from deepmetric.losses.base import LOSSES
-from deepmetric.losses.logits import PairSoftmaxLoss, similarity_logits
+from deepmetric.losses.logits import PairSoftmaxLoss, similarity_logits, softmax_logsumexp
 from deepmetric.masks import PairIndices, TripletIndices
 
 
@@ -40,8 +40,7 @@ class _SupConHead(torch.autograd.Function):
         offset = torch.finfo(logits.dtype).max / 8
         outside = negatives.add(positives).sub_(1)
         shifted = torch.add(logits, outside, alpha=offset)
-        probs = torch.softmax(shifted, 1)
-        lse = shifted.amax(1).sub_(probs.amax(1).log_())  # max - log(largest probability)
+        probs, lse = softmax_logsumexp(shifted)
         num_positives = positives.sum(1)
         has_positive = num_positives > 0
         positive_share = positives.div(num_positives.clamp_min_(1).unsqueeze(1))
