@@ -54,6 +54,10 @@ def test_topk_refuses_blocks_it_cannot_read() -> None:
         selection.offer_rows(torch.zeros(4, 8, dtype=torch.float64), 0, 0)
     with pytest.raises(ValueError, match="contiguous rows"):
         selection.offer_rows(torch.zeros(8, 4).T, 0, 0)
+    with pytest.raises(ValueError, match="past the 4 rows"):
+        selection.offer_rows(torch.zeros(4, 8), 0, 1)
+    with pytest.raises(ValueError, match="2\\^31"):
+        selection.offer_rows(torch.zeros(4, 8), 2**31 - 4, 0)
     selection.offer_rows(torch.tensor(np.arange(32, dtype=np.float32).reshape(4, 8)), 0, 0)
     values, indices = selection.result()
     assert indices.tolist() == [[7, 6]] * 4

@@ -228,6 +228,10 @@ class TopK:
         if block.dtype != torch.float32 or block.device.type != "cpu" or block.stride(1) != 1:
             raise ValueError("TopK takes float32 CPU blocks with contiguous rows")
         rows, cols = block.shape
+        if index0 + (cols if split_rows else rows) > 2**31:
+            raise ValueError("the native top-k indexes at most 2^31 candidates (int32 indices)")
+        if row0 + (rows if split_rows else cols) > self.rows:
+            raise ValueError(f"the block reaches past the {self.rows} rows of this TopK")
         ld = block.stride(0)
         # threads own disjoint state rows: split block rows (rows pass) or block columns (columns pass)
         spans = _split(rows if split_rows else cols, _threads(rows if split_rows else cols))
