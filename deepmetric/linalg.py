@@ -1,12 +1,12 @@
-"""Matrix products of float32 CPU tensors through the BLAS numpy ships.
+"""Matrix products of float32 CPU tensors into preallocated buffers, through the BLAS numpy ships.
 
-Why: PyTorch's x86 CPU wheels call MKL, whose single-precision GEMM runs at about 40 GFLOPS per core on
-AMD Zen CPUs, against about 68 for the OpenBLAS inside numpy's wheels on the same core (measured on the
-development machine, an AMD EPYC: ``benchmarks/RESULTS.md``). The evaluation engine's distance blocks
-and the losses' Gram matrices are such products, so they run ~1.7x faster this way; on Intel CPUs the
-two libraries are close. The route is taken only for float32 CPU tensors large enough for the call
-overhead not to matter; everything else (CUDA, other dtypes) goes to ``torch.matmul``.
-``DEEPMETRIC_CPU_BLAS=torch`` turns the route off.
+Why: the evaluation engine computes its distance tiles into one reused buffer (a fresh large allocation
+per block costs page faults worth a third of the product). Into such a buffer, a 4096 x 8192 x 128
+float32 product runs at ~74 GFLOPS on one core of the development machine (an AMD EPYC) with the
+OpenBLAS inside numpy's wheels, against ~60 with the MKL inside PyTorch's x86 wheels; on Intel CPUs the two
+are close. The route is taken only for float32 CPU tensors large enough for the call overhead not to
+matter; everything else (CUDA, other dtypes, small products) goes to ``torch.matmul``.
+``DEEPMETRIC_CPU_BLAS=torch`` turns the route off. Small products (the losses') gain nothing from it.
 
 The numpy side shares memory with the tensors (no copies) and its thread count follows
 ``torch.get_num_threads()``, so ``torch.set_num_threads`` / ``OMP_NUM_THREADS`` limit both libraries.
@@ -55,39 +55,11 @@ def _as_numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().numpy() if x.stride(-1) == 1 or x.stride(0) == 1 else x.detach().contiguous().numpy()
 
 
-def _product(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+def matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of 2-d tensors written into ``out`` (no autograd: the evaluation engine's products),
+    through numpy's BLAS where that is faster (see the module docstring)."""
     if not _use_numpy(a, b):
-        return torch.matmul(a, b, out=out) if out is not None else torch.matmul(a, b)
+        return torch.matmul(a.detach(), b.detach(), out=out)
     _sync_threads()
-    if out is None:
-        out = torch.empty(a.shape[0], b.shape[1], dtype=torch.float32)
     np.matmul(_as_numpy(a), _as_numpy(b), out=out.numpy())
     return out
-
-
-class _MatMul(torch.autograd.Function):
-    """``a @ b`` whose forward and backward products all take :func:`_product`'s route."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(a, b)
-        return _product(a, b, None)
-
-    @staticmethod
-    def backward(
-        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        a, b = ctx.saved_tensors
-        grad_a = _product(grad, b.T, None) if ctx.needs_input_grad[0] else None
-        grad_b = _product(a.T, grad, None) if ctx.needs_input_grad[1] else None
-        return grad_a, grad_b
-
-
-def matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b`` for 2-d tensors, differentiable, through numpy's BLAS where that is faster (see the
-    module docstring). ``out`` (no autograd) receives the product in place."""
-    if out is not None or not (a.requires_grad or b.requires_grad) or not torch.is_grad_enabled():
-        return _product(a, b, out)
-    if not _use_numpy(a, b):
-        return torch.matmul(a, b)
-    return _MatMul.apply(a, b)

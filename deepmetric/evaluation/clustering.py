@@ -35,7 +35,7 @@ def _nearest_centroid(
     best = torch.empty(len(points), dtype=points.dtype, device=points.device)
     for start in range(0, len(points), rows):
         stop = min(start + rows, len(points))
-        scores = linalg.matmul(points[start:stop], augmented.T, out=buffer[: stop - start])
+        scores = linalg.matmul_into(points[start:stop], augmented.T, buffer[: stop - start])
         if native_selection(points.device):
             best[start:stop], assignments[start:stop] = native.argmax_rows(scores)
         else:

@@ -165,9 +165,9 @@ def _pairwise_into(
     buffer spares a fresh block allocation (and its page faults) per block, which costs about as much as
     the matrix product itself on a CPU. ``out`` must be contiguous."""
     if type(ranked) in (DotProductSimilarity, CosineSimilarity):
-        return linalg.matmul(query, gallery.T, out=out)
+        return linalg.matmul_into(query, gallery.T, out)
     if type(ranked) is SquaredEuclideanDistance:
-        linalg.matmul(query * -2, gallery.T, out=out)
+        linalg.matmul_into(query * -2, gallery.T, out)
         return out.add_(gallery_norms[None, :]).add_((query * query).sum(1, keepdim=True)).clamp_min_(0)
     return ranked._pairwise(query, gallery)
 
