@@ -163,6 +163,30 @@ def test_native_hamming_knn_tails_and_large_k(size: int, queries: int, k: int) -
     np.testing.assert_array_equal(indices, expected_i)
 
 
+@pytest.mark.parametrize(("bits", "k"), [(64, 7), (128, 1), (256, 20)])
+def test_native_hamming_knn_many_queries_and_word_counts(bits: int, k: int) -> None:
+    """More queries than one chunk of the kernel (1,024, an odd number left), queries paired in the fast
+    scan (one odd query out), codes of 1, 2 and 4 words (the last past the byte sums' range at first)."""
+    if not native.available():
+        pytest.skip("the native kernels could not be built here (no C compiler)")
+    rng = np.random.default_rng(bits)
+    db = random_signs(rng, 613, bits)
+    db[300:310] = db[5]
+    queries = np.concatenate([db[5:6], random_signs(rng, 1030, bits)])
+    queries[-1] = -db[7]  # the farthest possible code from db[7]
+    reference = np.rint((bits - queries.astype(np.float64) @ db.T) / 2).astype(np.int64)  # +-1 signs
+    expected_i = np.argsort(reference, axis=1, kind="stable")[:, :k]
+    expected_d = np.take_along_axis(reference, expected_i, 1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        distances, indices = hamming_knn(pack_bits(queries), pack_bits(db), k)
+    finally:
+        torch.set_num_threads(previous)
+    np.testing.assert_array_equal(distances, expected_d)
+    np.testing.assert_array_equal(indices, expected_i)
+
+
 def test_device_path_knn_and_radius_run_on_cpu_tensors() -> None:
     """The torch (CUDA) kernels, run here on CPU words, agree with brute force too."""
     rng = np.random.default_rng(9)

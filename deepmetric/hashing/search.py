@@ -4,10 +4,12 @@ All functions take packed uint8 codes (:func:`deepmetric.hashing.packing.pack_bi
 torch tensors (CPU or CUDA) and answer in the same kind. Distances are XOR + popcount over 64-bit words.
 
 CPU (numpy arrays and CPU tensors), k-NN: the native kernel (:mod:`deepmetric.native`, compiled on first
-use) scans the database once per group of four queries, four codes per AVX2 vector (XOR, nibble-table
-popcount), and keeps each query's candidates under a running bound, one comparison per pair; the queries
-are split over ``torch.get_num_threads()`` threads. Without a C compiler, and for radius search, the
-numpy kernel below runs instead (same results).
+use). With AVX2 it is a fast scan: the database, in cache-sized tiles, is transposed into nibbles, and
+each pair of queries gets 4-bit lookup tables of popcount(query nibble ^ v), so one byte shuffle adds one
+nibble's distance for 32 codes and both queries; each query keeps its candidates under a running bound
+(one comparison per pair). Other CPUs: XOR + popcount per code. The queries are split over
+``torch.get_num_threads()`` threads. Without a C compiler, and for radius search, the numpy kernel below
+runs instead (same results).
 
 numpy kernel: the queries are split into blocks that ``torch.get_num_threads()``
 worker threads scan in parallel (numpy releases the GIL). A block meets the database in slices of about

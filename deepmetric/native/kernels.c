@@ -4,14 +4,14 @@
  * function works on caller-owned buffers and touches no Python object, so the callers run them on
  * several threads at once (ctypes releases the GIL), each thread on its own rows.
  *
- * Both kernels keep, per query, a buffer of candidates and a bound: once a buffer has been cut back to
- * its k best, only candidates at least as good as the k-th best can still matter, so the hot loop is
- * one comparison against the bound per candidate; when the buffer fills up it is cut back to its k best
- * (best first, ties by lower index) and the bound rises. The Hamming kernel scans its database in index
- * order, so there a candidate that ties the k-th best (and comes later) loses: it needs to be strictly
- * closer. The float selection takes candidates in any order (the evaluation engine feeds the upper
- * triangle of a symmetric matrix by rows and by columns): ties with the bound are kept for the next cut
- * to decide by index. Results equal a stable full sort's first k.
+ * Both kernels keep, per query, a buffer of candidates and a bound: once k candidates are known, only
+ * candidates at least as good as the k-th best can still matter, so the hot loop is one comparison
+ * against the bound per candidate; when the buffer fills up it is cut back to its k best (best first,
+ * ties by lower index). The Hamming kernel scans its database in index order, so there a candidate that
+ * ties the k-th best (and comes later) loses: it needs to be strictly closer; its integer distances let
+ * a histogram move the bound with every candidate. The float selection takes candidates in any order
+ * (the evaluation engine feeds the upper triangle of a symmetric matrix by rows and by columns): ties
+ * with the bound are kept for the next cut to decide by index. Results equal a stable full sort's first k.
  */
 #include <math.h>
 #include <stdint.h>
@@ -27,142 +27,248 @@
 #define INDEX_BITS 40
 #define INDEX_MASK ((UINT64_C(1) << INDEX_BITS) - 1)
 
-/* Keep the k best keys of buf[0..n) (n >= k, buf in index order, so in order it stays), by counting
- * the distance levels; return the k-th best distance. */
-static int64_t hamming_compact(uint64_t *buf, int64_t n, int64_t k, int64_t *hist, int64_t levels) {
-    memset(hist, 0, (size_t)levels * sizeof(int64_t));
-    for (int64_t i = 0; i < n; i++) hist[buf[i] >> INDEX_BITS]++;
-    int64_t below = 0, kth = 0;
-    while (below + hist[kth] < k) below += hist[kth++];
-    int64_t room = k - below; /* candidates at distance kth that fit: the lowest indices */
-    int64_t kept = 0;
-    for (int64_t i = 0; i < n; i++) {
-        int64_t d = (int64_t)(buf[i] >> INDEX_BITS);
-        if (d < kth || (d == kth && room-- > 0)) buf[kept++] = buf[i];
-    }
-    return kth;
-}
-
-/* Append candidate (d, j) to a query's buffer; a full buffer is cut back to the k best. */
-#define HAMMING_PUSH(buf, n, b, d, j)                              \
-    do {                                                           \
-        (buf)[(n)++] = (uint64_t)(d) << INDEX_BITS | (uint64_t)(j); \
-        if ((n) == cap) {                                          \
-            (b) = hamming_compact((buf), (n), k, hist, levels);    \
-            (n) = k;                                               \
-        }                                                          \
-    } while (0)
-
 static int compare_keys(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return (x > y) - (x < y);
 }
 
+/* One query's candidates: a buffer of keys in index order, with a histogram of their distances. Only a
+ * code strictly closer than the bound can enter; the bound falls as soon as k candidates are closer than
+ * bound - 1 (so it is at most one above the k-th best distance so far), and a full buffer is cut back to
+ * its k best. */
+typedef struct {
+    uint64_t *keys;
+    int32_t *hist; /* candidates per distance, levels entries */
+    int64_t count, below, bound; /* below: candidates closer than the bound */
+} Candidates;
+
+typedef struct {
+    int64_t k, cap, levels;
+} Selection;
+
+/* Keep the k best candidates (n >= k): those closer than the k-th best distance, then the lowest indices
+ * at that distance; the bound becomes the k-th best distance. */
+static void hamming_cut(Candidates *c, const Selection *s) {
+    int64_t below = 0, kth = 0;
+    while (below + c->hist[kth] < s->k) below += c->hist[kth++];
+    int64_t room = s->k - below, kept = 0;
+    memset(c->hist, 0, (size_t)s->levels * sizeof(int32_t));
+    for (int64_t i = 0; i < c->count; i++) {
+        const int64_t d = (int64_t)(c->keys[i] >> INDEX_BITS);
+        if (d < kth || (d == kth && room-- > 0)) {
+            c->keys[kept++] = c->keys[i];
+            c->hist[d]++;
+        }
+    }
+    c->count = kept;
+    c->below = below;
+    c->bound = kth;
+}
+
+static inline void hamming_push(Candidates *c, const Selection *s, int64_t d, int64_t j) {
+    c->keys[c->count++] = (uint64_t)d << INDEX_BITS | (uint64_t)j;
+    c->hist[d]++;
+    c->below++;
+    while (c->below - c->hist[c->bound - 1] >= s->k) c->below -= c->hist[--c->bound];
+    if (c->count == s->cap) hamming_cut(c, s);
+}
+
+/* Codes [j0, j1) against one query, a popcount each. */
+static void hamming_scan_scalar(const uint64_t *q, const uint64_t *db, int64_t j0, int64_t j1, int64_t words,
+                                Candidates *c, const Selection *s) {
+    for (int64_t j = j0; j < j1; j++) {
+        const uint64_t *code = db + j * words;
+        int64_t d = 0;
+        for (int64_t w = 0; w < words; w++) d += __builtin_popcountll(q[w] ^ code[w]);
+        if (__builtin_expect(d < c->bound, 0)) hamming_push(c, s, d, j);
+    }
+}
+
+#ifdef __AVX2__
+/* Fast scan (the 4-bit lookups of faiss's PQ fast scan, here with exact Hamming tables), two queries at
+ * once. A code is 16 nibbles per word; a query's table for nibble position p holds popcount(q_p ^ v) for
+ * v = 0..15, so a code's distance is the sum over positions of table_p[code_p]. The database tile is
+ * stored transposed: per block of 32 codes and per position, 32 bytes with that nibble of each code, so
+ * one byte shuffle looks up one position of 32 codes. Two queries share each table byte (the first's
+ * entry in the low nibble, the second's in the high one): one shuffle serves both, three positions add up
+ * in a byte without a carry crossing the nibbles (at most 3 x 4 = 12), then each nibble goes to its
+ * query's sums. Sums saturate at 255, so they are only compared with bounds below 256. */
+enum { SCAN_BLOCK = 32, SCAN_TILE = 512 };
+
+/* Transpose the nibbles of codes [j0, j0 + blocks * 32) into tile (blocks x positions x 32 bytes). */
+static void nibble_tile(const uint64_t *db, int64_t j0, int64_t blocks, int64_t words, uint8_t *tile) {
+    const int64_t positions = 16 * words;
+    for (int64_t b = 0; b < blocks; b++)
+        for (int64_t i = 0; i < SCAN_BLOCK; i++) {
+            const uint64_t *code = db + (j0 + b * SCAN_BLOCK + i) * words;
+            uint8_t *out = tile + b * positions * SCAN_BLOCK + i;
+            for (int64_t w = 0; w < words; w++) {
+                uint64_t x = code[w];
+                for (int64_t p = 0; p < 16; p++, x >>= 4) out[(w * 16 + p) * SCAN_BLOCK] = (uint8_t)(x & 15);
+            }
+        }
+}
+
+/* The lookup tables of queries a and b: positions x 16 bytes. */
+static void pair_tables(const uint64_t *a, const uint64_t *b, int64_t words, uint8_t *tables) {
+    for (int64_t w = 0; w < words; w++)
+        for (int64_t p = 0; p < 16; p++) {
+            const unsigned na = (unsigned)(a[w] >> (4 * p)) & 15, nb = (unsigned)(b[w] >> (4 * p)) & 15;
+            for (unsigned v = 0; v < 16; v++) {
+                const unsigned da = (unsigned)__builtin_popcount(na ^ v), db = (unsigned)__builtin_popcount(nb ^ v);
+                tables[(w * 16 + p) * 16 + v] = (uint8_t)(da | db << 4);
+            }
+        }
+}
+
+/* The candidates among 32 codes: lanes whose sum fell below the bound (hit: subs(bound, sum) non-zero),
+ * taken in index order. */
+static void take_hits(__m256i sums, __m256i hit, int64_t j0, Candidates *c, const Selection *s) {
+    uint32_t lanes = ~(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(hit, _mm256_setzero_si256()));
+    if (!lanes) return;
+    uint8_t sum[SCAN_BLOCK];
+    _mm256_storeu_si256((__m256i *)sum, sums);
+    for (; lanes; lanes &= lanes - 1) {
+        const int i = __builtin_ctz(lanes);
+        if (sum[i] < c->bound) hamming_push(c, s, sum[i], j0 + i);
+    }
+}
+
+static inline __m256i table_at(const uint8_t *tables, int64_t p) {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tables + p * 16)));
+}
+
+/* group (1 or 2) blocks of transposed codes, the first code being j, against queries a and b. */
+static inline __attribute__((always_inline)) void scan_pair(const uint8_t *data, int group, int64_t positions,
+                                                            const uint8_t *tables, int64_t j, Candidates *a,
+                                                            Candidates *b, const Selection *s) {
+    const __m256i zero = _mm256_setzero_si256(), low = _mm256_set1_epi8(0x0f);
+    __m256i sum_a[2] = {zero, zero}, sum_b[2] = {zero, zero};
+#pragma GCC unroll 6
+    for (int64_t p0 = 0; p0 < positions; p0 += 3) {
+        const int64_t p1 = positions - p0 < 3 ? positions : p0 + 3;
+#pragma GCC unroll 2
+        for (int g = 0; g < group; g++) {
+            __m256i both = zero;
+#pragma GCC unroll 3
+            for (int64_t p = p0; p < p1; p++) {
+                const __m256i nibbles = _mm256_loadu_si256((const __m256i *)(data + (g * positions + p) * SCAN_BLOCK));
+                both = _mm256_add_epi8(both, _mm256_shuffle_epi8(table_at(tables, p), nibbles));
+            }
+            sum_a[g] = _mm256_adds_epu8(sum_a[g], _mm256_and_si256(both, low));
+            sum_b[g] = _mm256_adds_epu8(sum_b[g], _mm256_and_si256(_mm256_srli_epi16(both, 4), low));
+        }
+    }
+    const __m256i bound_a = _mm256_set1_epi8((char)(uint8_t)a->bound);
+    const __m256i bound_b = _mm256_set1_epi8((char)(uint8_t)b->bound);
+    __m256i hit_a[2], hit_b[2], any = zero;
+#pragma GCC unroll 2
+    for (int g = 0; g < group; g++) {
+        hit_a[g] = _mm256_subs_epu8(bound_a, sum_a[g]);
+        hit_b[g] = _mm256_subs_epu8(bound_b, sum_b[g]);
+        any = _mm256_or_si256(any, _mm256_or_si256(hit_a[g], hit_b[g]));
+    }
+    if (__builtin_expect(!_mm256_testz_si256(any, any), 0))
+        for (int g = 0; g < group; g++) {
+            take_hits(sum_a[g], hit_a[g], j + g * SCAN_BLOCK, a, s);
+            take_hits(sum_b[g], hit_b[g], j + g * SCAN_BLOCK, b, s);
+        }
+}
+
+/* blocks x 32 transposed codes (the first is code j0) against queries a and b; positions is a literal
+ * for one-word codes, so that the compiler unrolls the position loop. */
+static inline __attribute__((always_inline)) void hamming_scan_tile(const uint8_t *tile, int64_t blocks,
+                                                                    int64_t positions, const uint8_t *tables,
+                                                                    int64_t j0, Candidates *a, Candidates *b,
+                                                                    const Selection *s) {
+    for (int64_t i = 0; i < blocks; i += 2) {
+        const uint8_t *data = tile + i * positions * SCAN_BLOCK;
+        if (i + 2 <= blocks)
+            scan_pair(data, 2, positions, tables, j0 + i * SCAN_BLOCK, a, b, s);
+        else
+            scan_pair(data, 1, positions, tables, j0 + i * SCAN_BLOCK, a, b, s);
+    }
+}
+#endif
+
 /* The k nearest of ndb codes (words uint64 each) for each of nq queries: out_dist/out_index nq x k.
- * Returns 0, or -1 when memory runs out. */
+ * The database is read in tiles, each tile by every query of a chunk while it is in cache. Returns 0,
+ * or -1 when memory runs out. */
 int dm_hamming_knn(const uint64_t *query, int64_t nq, const uint64_t *db, int64_t ndb, int64_t words,
                    int64_t k, int64_t *out_dist, int64_t *out_index) {
-    enum { QUERY_BLOCK = 8, TILE = 8192 }; /* a tile of 8192 codes stays in L2 for the block's queries */
-    const int64_t levels = 64 * words + 1;
-    const int64_t cap = k < 256 ? 4 * k + 64 : 2 * k;
-    uint64_t *buffers = malloc((size_t)(QUERY_BLOCK * cap) * sizeof(uint64_t));
-    int64_t *hist = malloc((size_t)levels * sizeof(int64_t));
-    if (!buffers || !hist) {
-        free(buffers);
-        free(hist);
+    enum { QUERY_CHUNK = 1024 };
+    const Selection s = {k, k < 256 ? 4 * k + 64 : 2 * k, 64 * words + 1};
+    const int64_t chunk = nq < QUERY_CHUNK ? nq : QUERY_CHUNK;
+    /* one more state than queries: an odd query out is scanned with itself, into the spare state */
+    Candidates *state = malloc((size_t)(chunk + 1) * sizeof(Candidates));
+    uint64_t *keys = malloc((size_t)((chunk + 1) * s.cap) * sizeof(uint64_t));
+    int32_t *hist = malloc((size_t)((chunk + 1) * s.levels) * sizeof(int32_t));
+#ifdef __AVX2__
+    const int64_t tile_codes = SCAN_TILE, positions = 16 * words;
+    uint8_t *tile = malloc((size_t)(SCAN_TILE * positions));
+    uint8_t *tables = malloc((size_t)((chunk + 1) / 2 * positions * 16));
+    const int ok = tile && tables;
+#else
+    const int64_t tile_codes = 4096;
+    const int ok = 1;
+#endif
+    if (!keys || !state || !hist || !ok) {
+        free(keys), free(state), free(hist);
+#ifdef __AVX2__
+        free(tile), free(tables);
+#endif
         return -1;
     }
-    for (int64_t q0 = 0; q0 < nq; q0 += QUERY_BLOCK) {
-        const int64_t rows = nq - q0 < QUERY_BLOCK ? nq - q0 : QUERY_BLOCK;
-        int64_t count[QUERY_BLOCK] = {0}, bound[QUERY_BLOCK];
-        for (int64_t r = 0; r < rows; r++) bound[r] = levels; /* accept everything until the first cut */
-        for (int64_t t0 = 0; t0 < ndb; t0 += TILE) {
-            const int64_t t1 = ndb - t0 < TILE ? ndb : t0 + TILE;
-            int64_t r = 0;
-            if (words == 1) /* one-word codes, four queries per database load */
-                for (; r + 4 <= rows; r += 4) {
-                    const uint64_t *x = query + q0 + r;
-                    uint64_t *f0 = buffers + r * cap, *f1 = f0 + cap, *f2 = f1 + cap, *f3 = f2 + cap;
-                    int64_t n0 = count[r], n1 = count[r + 1], n2 = count[r + 2], n3 = count[r + 3];
-                    int64_t b0 = bound[r], b1 = bound[r + 1], b2 = bound[r + 2], b3 = bound[r + 3];
-                    int64_t j = t0;
+    for (int64_t q0 = 0; q0 < nq; q0 += chunk) {
+        const int64_t rows = nq - q0 < chunk ? nq - q0 : chunk;
+        for (int64_t r = 0; r <= rows; r++) {
+            int32_t *h = hist + r * s.levels;
+            memset(h, 0, (size_t)s.levels * sizeof(int32_t));
+            state[r] = (Candidates){keys + r * s.cap, h, 0, 0, s.levels}; /* everything can enter at first */
+        }
 #ifdef __AVX2__
-                    /* four codes a vector: XOR, nibble-table popcount, byte sums, compare with the bounds */
-                    const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
-                                                           2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-                    const __m256i nibble = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
-                    const __m256i x0 = _mm256_set1_epi64x((long long)x[0]), x1 = _mm256_set1_epi64x((long long)x[1]);
-                    const __m256i x2 = _mm256_set1_epi64x((long long)x[2]), x3 = _mm256_set1_epi64x((long long)x[3]);
-#define POPCOUNT4(v)                                                                                   \
-    _mm256_sad_epu8(_mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_and_si256((v), nibble)),         \
-                                    _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16((v), 4), nibble))), \
-                    zero)
-                    while (j + 4 <= t1) {
-                        const __m256i bv0 = _mm256_set1_epi64x(b0), bv1 = _mm256_set1_epi64x(b1);
-                        const __m256i bv2 = _mm256_set1_epi64x(b2), bv3 = _mm256_set1_epi64x(b3);
-                        for (; j + 4 <= t1; j += 4) {
-                            const __m256i w = _mm256_loadu_si256((const __m256i *)(db + j));
-                            const __m256i hit = _mm256_or_si256(
-                                _mm256_or_si256(_mm256_cmpgt_epi64(bv0, POPCOUNT4(_mm256_xor_si256(w, x0))),
-                                                _mm256_cmpgt_epi64(bv1, POPCOUNT4(_mm256_xor_si256(w, x1)))),
-                                _mm256_or_si256(_mm256_cmpgt_epi64(bv2, POPCOUNT4(_mm256_xor_si256(w, x2))),
-                                                _mm256_cmpgt_epi64(bv3, POPCOUNT4(_mm256_xor_si256(w, x3)))));
-                            if (__builtin_expect(!_mm256_testz_si256(hit, hit), 0)) break;
-                        }
-                        /* a hit (or the tail): these four codes one by one, then reload the bounds */
-                        const int64_t stop = j + 4 < t1 ? j + 4 : t1;
-                        for (; j < stop; j++) {
-                            const uint64_t w = db[j];
-                            const int64_t d0 = __builtin_popcountll(x[0] ^ w), d1 = __builtin_popcountll(x[1] ^ w);
-                            const int64_t d2 = __builtin_popcountll(x[2] ^ w), d3 = __builtin_popcountll(x[3] ^ w);
-                            if (d0 < b0) HAMMING_PUSH(f0, n0, b0, d0, j);
-                            if (d1 < b1) HAMMING_PUSH(f1, n1, b1, d1, j);
-                            if (d2 < b2) HAMMING_PUSH(f2, n2, b2, d2, j);
-                            if (d3 < b3) HAMMING_PUSH(f3, n3, b3, d3, j);
-                        }
-                    }
-#undef POPCOUNT4
+        for (int64_t r = 0; r < rows; r += 2) {
+            const uint64_t *a = query + (q0 + r) * words, *b = r + 1 < rows ? a + words : a;
+            pair_tables(a, b, words, tables + r / 2 * positions * 16);
+        }
 #endif
-                    for (; j < t1; j++) {
-                        const uint64_t w = db[j];
-                        const int64_t d0 = __builtin_popcountll(x[0] ^ w), d1 = __builtin_popcountll(x[1] ^ w);
-                        const int64_t d2 = __builtin_popcountll(x[2] ^ w), d3 = __builtin_popcountll(x[3] ^ w);
-                        if (__builtin_expect((d0 < b0) | (d1 < b1) | (d2 < b2) | (d3 < b3), 0)) {
-                            if (d0 < b0) HAMMING_PUSH(f0, n0, b0, d0, j);
-                            if (d1 < b1) HAMMING_PUSH(f1, n1, b1, d1, j);
-                            if (d2 < b2) HAMMING_PUSH(f2, n2, b2, d2, j);
-                            if (d3 < b3) HAMMING_PUSH(f3, n3, b3, d3, j);
-                        }
-                    }
-                    count[r] = n0, count[r + 1] = n1, count[r + 2] = n2, count[r + 3] = n3;
-                    bound[r] = b0, bound[r + 1] = b1, bound[r + 2] = b2, bound[r + 3] = b3;
-                }
-            for (; r < rows; r++) {
-                const uint64_t *q = query + (q0 + r) * words;
-                uint64_t *buf = buffers + r * cap;
-                int64_t n = count[r], b = bound[r];
-                for (int64_t j = t0; j < t1; j++) {
-                    const uint64_t *code = db + j * words;
-                    int64_t d = 0;
-                    for (int64_t w = 0; w < words; w++) d += __builtin_popcountll(q[w] ^ code[w]);
-                    if (__builtin_expect(d < b, 0)) HAMMING_PUSH(buf, n, b, d, j);
-                }
-                count[r] = n;
-                bound[r] = b;
+        for (int64_t t0 = 0; t0 < ndb; t0 += tile_codes) {
+            const int64_t t1 = ndb - t0 < tile_codes ? ndb : t0 + tile_codes;
+            int64_t scanned = t0; /* codes before this one went through the fast scan */
+#ifdef __AVX2__
+            const int64_t blocks = (t1 - t0) / SCAN_BLOCK;
+            nibble_tile(db, t0, blocks, words, tile);
+            scanned = t0 + blocks * SCAN_BLOCK;
+            for (int64_t r = 0; r < rows; r += 2) {
+                Candidates *a = state + r, *b = state + (r + 1 < rows ? r + 1 : rows);
+                const uint8_t *pair = tables + r / 2 * positions * 16;
+                if (a->bound > 255 || b->bound > 255) { /* sums saturate: at first, for codes over 254 bits */
+                    const uint64_t *qa = query + (q0 + r) * words;
+                    hamming_scan_scalar(qa, db, t0, scanned, words, a, &s);
+                    hamming_scan_scalar(r + 1 < rows ? qa + words : qa, db, t0, scanned, words, b, &s);
+                } else if (words == 1)
+                    hamming_scan_tile(tile, blocks, 16, pair, t0, a, b, &s);
+                else
+                    hamming_scan_tile(tile, blocks, positions, pair, t0, a, b, &s);
             }
+#endif
+            for (int64_t r = 0; r < rows; r++)
+                hamming_scan_scalar(query + (q0 + r) * words, db, scanned, t1, words, state + r, &s);
         }
         for (int64_t r = 0; r < rows; r++) {
-            uint64_t *buf = buffers + r * cap;
-            if (count[r] > k) hamming_compact(buf, count[r], k, hist, levels);
-            qsort(buf, (size_t)k, sizeof(uint64_t), compare_keys);
+            Candidates *c = state + r;
+            if (c->count > k) hamming_cut(c, &s);
+            qsort(c->keys, (size_t)k, sizeof(uint64_t), compare_keys);
             for (int64_t i = 0; i < k; i++) {
-                out_dist[(q0 + r) * k + i] = (int64_t)(buf[i] >> INDEX_BITS);
-                out_index[(q0 + r) * k + i] = (int64_t)(buf[i] & INDEX_MASK);
+                out_dist[(q0 + r) * k + i] = (int64_t)(c->keys[i] >> INDEX_BITS);
+                out_index[(q0 + r) * k + i] = (int64_t)(c->keys[i] & INDEX_MASK);
             }
         }
     }
-    free(buffers);
-    free(hist);
+    free(keys), free(state), free(hist);
+#ifdef __AVX2__
+    free(tile), free(tables);
+#endif
     return 0;
 }
 
