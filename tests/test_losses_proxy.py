@@ -527,9 +527,12 @@ def test_nmi_matches_scikit_learn():
         assert clustering_nmi(a, b).item() == pytest.approx(expected, abs=1e-12)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_facility_location_greedy_matches_brute_force_greedy(seed):
-    x, labels = batch(classes=(0, 1, 2, 3), per_class=3, seed=20 + seed)
+@pytest.mark.parametrize(
+    ("seed", "classes", "per_class"), [(0, 4, 3), (1, 4, 3), (2, 4, 3), (3, 4, 3), (4, 6, 5), (5, 7, 4)]
+)
+def test_facility_location_greedy_matches_brute_force_greedy(seed, classes, per_class):
+    """Small batches, and larger ones where clusters split classes into many (cluster, class) cells."""
+    x, labels = batch(classes=tuple(range(classes)), per_class=per_class, seed=20 + seed)
     loss = build("facility_location", gamma=2.0).double()
     distances = torch.cdist(x.detach(), x.detach())
     ours = greedy_loss_augmented_medoids(distances, labels, 2.0).tolist()

@@ -18,9 +18,8 @@ Loss-augmented inference (the max over ``S``) is the paper's greedy algorithm: s
 step scores all ``N`` candidates at once: a candidate ``j`` takes over the points with
 ``d(x_i, x_j) < min_{s in S} d(x_i, x_s)``, so its facility score is a row sum of
 ``min(d(., j), current)``, and its contingency table is the current one minus the points it takes
-(segment sums with ``index_add`` over the at most ``N`` non-empty (cluster, class) cells) plus one new
-cluster. The paper's optional
-PAM refinement of the medoids (its section 3.4) is not run.
+(sums over the at most ``N`` non-empty (cluster, class) cells) plus one new cluster. The paper's
+optional PAM refinement of the medoids (its section 3.4) is not run.
 
 Complexity: ``O(N^2 D)`` for the distances, ``O(|Y| N^2)`` time and ``O(N^2)`` memory for the greedy
 inference (``|Y|`` = classes in the batch), ``O(N^2)`` for the oracle ``F~``. The inference runs without
@@ -30,6 +29,8 @@ L2-normalised embeddings); ``gamma = 1`` (the paper's code default).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -76,56 +77,59 @@ def clustering_nmi(predicted: torch.Tensor, classes: torch.Tensor) -> torch.Tens
     return normalized_mutual_information(mi, _entropy(pred_sizes, total), _entropy(class_sizes, total))
 
 
+def _xlogx(counts: torch.Tensor) -> torch.Tensor:
+    return torch.special.xlogy(counts, counts)
+
+
 @torch.no_grad()
 def greedy_loss_augmented_medoids(cost: torch.Tensor, classes: torch.Tensor, gamma: float) -> torch.Tensor:
     """The medoids chosen greedily for ``max_S F(X, S) + gamma (1 - NMI(g(S), classes))``, in order.
 
     ``cost``: ``N x N`` distances; ``classes``: dense class ids ``0..C-1``. Returns ``C`` point indices.
+    The mutual information of a clustering with contingency counts ``n`` (clusters ``a``, classes ``b``)
+    is ``(sum n log n - sum a log a - sum b log b) / N + log N``, so a candidate only needs the counts it
+    changes: what it takes from each current (cluster, class) cell and each cluster, and its own
+    cluster's cells. Points are rows and candidates columns, so that these counts are row sums
+    (``index_add`` of whole rows: ``O(N)`` per candidate, however many cells).
     """
     num_points = cost.shape[0]
     total = float(num_points)
     num_classes = int(classes.max()) + 1
-    work = torch.float64  # counts and entropies: exact comparisons between candidates
-    cost = cost.to(work)
+    work = torch.float64  # entropies: exact comparisons between candidates
+    cost = cost.to(work)  # row i: the distances of point i to every candidate
     class_sizes = torch.bincount(classes, minlength=num_classes).to(work)
     class_entropy = _entropy(class_sizes, total)
-    nearest = torch.full((num_points,), float("inf"), dtype=work, device=cost.device)
+    class_terms = _xlogx(class_sizes).sum()
+    nearest = torch.full((num_points, 1), float("inf"), dtype=work, device=cost.device)
     assignment = torch.zeros(num_points, dtype=torch.long, device=cost.device)
     available = torch.ones(num_points, dtype=torch.bool, device=cost.device)
     chosen = []
-    candidate_cost = cost.T  # row j: distances of every point to candidate j
     for step in range(num_classes):
-        takes = (candidate_cost < nearest).to(work)  # J x N: the points candidate j would take over
-        facility = -torch.minimum(candidate_cost, nearest).sum(1)
-        # Contingency after adding j: the current (cluster, class) cells that hold points (at most N of
-        # them) minus what j takes over, plus j's own row.
-        cells, cell_of_point = torch.unique(assignment * num_classes + classes, return_inverse=True)
-        cell_counts = torch.bincount(cell_of_point, minlength=cells.shape[0]).to(work)
-        joint_old = cell_counts - torch.zeros(
-            num_points, cells.shape[0], dtype=work, device=cost.device
-        ).index_add(1, cell_of_point, takes)
-        cluster_sizes = torch.bincount(assignment, minlength=step).to(work) - torch.zeros(
-            num_points, step, dtype=work, device=cost.device
-        ).index_add(1, assignment, takes)
-        if step == 0:  # no cluster yet: every point goes to the candidate
-            joint_old, cluster_sizes = joint_old[:, :0], cluster_sizes[:, :0]
-            cells = cells[:0]
-        joint_new = torch.zeros(num_points, num_classes, dtype=work, device=cost.device).index_add(
-            1, classes, takes
-        )
-        new_size = takes.sum(1, keepdim=True)
-        cell_cluster, cell_class = cells // num_classes, cells % num_classes
-        mi = _mutual_information_terms(
-            joint_old, cluster_sizes[:, cell_cluster], class_sizes[cell_class], total
-        ).sum(1) + _mutual_information_terms(joint_new, new_size, class_sizes, total).sum(1)
-        cluster_entropy = _entropy(torch.cat([cluster_sizes, new_size], dim=1), total)
-        nmi = normalized_mutual_information(mi, cluster_entropy, class_entropy)
+        takes = cost < nearest  # N x J: the points each candidate would take over
+        taken = takes.float()  # counts in float32 are exact
+        facility = -torch.minimum(cost, nearest).sum(0)
+        new_cells = taken.new_zeros(num_classes, num_points).index_add_(0, classes, taken).to(work)
+        new_size = new_cells.sum(0, keepdim=True)
+        cell_terms = _xlogx(new_cells).sum(0)
+        cluster_sizes = new_size
+        if step:  # the current clusters, less what the candidate takes
+            cells, cell_of_point, cell_counts = torch.unique(
+                assignment * num_classes + classes, return_inverse=True, return_counts=True
+            )
+            removed = taken.new_zeros(len(cells), num_points).index_add_(0, cell_of_point, taken)
+            cell_terms = cell_terms + _xlogx((cell_counts[:, None] - removed).to(work)).sum(0)
+            cluster_counts = torch.bincount(assignment, minlength=step)
+            removed = taken.new_zeros(step, num_points).index_add_(0, assignment, taken)
+            cluster_sizes = torch.cat([(cluster_counts[:, None] - removed).to(work), new_size])
+        cluster_terms = _xlogx(cluster_sizes).sum(0)
+        mi = (cell_terms - cluster_terms - class_terms) / total + math.log(total)
+        nmi = normalized_mutual_information(mi, _entropy(cluster_sizes.T, total), class_entropy)
         score = torch.where(available, facility + gamma * (1 - nmi), torch.full_like(facility, float("-inf")))
         best = int(score.argmax())
         chosen.append(best)
         available[best] = False
-        assignment = torch.where(takes[best].bool(), step, assignment)
-        nearest = torch.minimum(nearest, candidate_cost[best])
+        assignment = torch.where(takes[:, best], step, assignment)
+        nearest = torch.minimum(nearest, cost[:, best : best + 1])
     return torch.tensor(chosen, dtype=torch.long, device=cost.device)
 
 
