@@ -102,6 +102,33 @@ def test_topk_takes_candidates_in_any_order_and_breaks_ties_by_index(largest: bo
     assert torch.equal(indices, expected_indices)
 
 
+@pytest.mark.parametrize("spread", ["float range", "one outlier", "ulps apart", "normal", "best first"])
+def test_topk_cuts_by_binned_selection_stay_exact(spread: str) -> None:
+    """Keys whose range overflows float (the bins cannot be computed), one outlier that puts every other
+    key into the lowest bin, keys one ulp apart (bins that hold many), ordinary scores: many cuts each;
+    best first: the first cut already has to find the final k-th best exactly."""
+    if not native.available():
+        pytest.skip("the native kernels could not be built here (no C compiler)")
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randn(6, 5000, generator=generator)
+    if spread == "float range":
+        scores = scores.sign() * 3e38 * torch.rand(6, 5000, generator=generator)
+    elif spread == "one outlier":
+        scores[:, 4321] = 1e30
+    elif spread == "ulps apart":
+        scores = 1 + torch.randint(0, 50, (6, 5000), generator=generator) * torch.finfo(torch.float32).eps
+    for largest in (True, False):
+        if spread == "best first":
+            scores = scores.sort(dim=1, descending=largest).values
+        selection = native.TopK(6, 25, largest)
+        for start in range(0, 5000, 512):
+            selection.offer_rows(scores[:, start : start + 512].contiguous(), start, 0)
+        values, indices = selection.result()
+        expected_values, expected_indices = scores.sort(dim=1, descending=largest, stable=True)
+        assert torch.equal(values, expected_values[:, :25])
+        assert torch.equal(indices, expected_indices[:, :25])
+
+
 def test_threads_work_in_a_forked_child() -> None:
     """A process forked after the kernels ran on several threads (as DataLoader workers are) gets its own
     thread pool instead of waiting forever on its parent's threads."""
