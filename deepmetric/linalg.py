@@ -39,10 +39,22 @@ def _use_numpy(a: torch.Tensor, b: torch.Tensor) -> bool:
 _blas_threads: int | None = None
 
 
+def _threads_from_environment() -> int | None:
+    """The thread count OpenBLAS took from the environment when it was loaded, if any."""
+    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return int(value) if value.isdigit() else None
+    return None
+
+
 def _sync_threads() -> None:
-    """Give numpy's BLAS as many threads as torch has (once per change: the call walks the libraries)."""
+    """Give numpy's BLAS as many threads as torch has (once per change: the call walks the ~200 loaded
+    libraries, ~20 ms; skipped when the environment already gave OpenBLAS torch's count at load)."""
     global _blas_threads
     threads = torch.get_num_threads()
+    if _blas_threads is None and _threads_from_environment() == threads:
+        _blas_threads = threads
     if threads != _blas_threads:
         from threadpoolctl import threadpool_limits
 

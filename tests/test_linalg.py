@@ -45,3 +45,15 @@ def test_blas_threads_follow_torch() -> None:
         assert blas and all(info["num_threads"] == 1 for info in blas)
     finally:
         torch.set_num_threads(previous)
+
+
+def test_threads_from_environment_follow_openblas_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    assert linalg._threads_from_environment() is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert linalg._threads_from_environment() == 3
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    assert linalg._threads_from_environment() == 2
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2,1")  # not a plain count: let threadpoolctl set it
+    assert linalg._threads_from_environment() is None
