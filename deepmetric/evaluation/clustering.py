@@ -61,15 +61,19 @@ def kmeans_plus_plus(
     lowers the total squared distance most. Plain k-means++ now and then puts two seeds in one cluster,
     which Lloyd iterations rarely repair. Candidates are drawn by inverse transform sampling (cumulative
     sum + binary search), much cheaper per centre than ``torch.multinomial``; one ``trials x points``
-    product per centre gives their squared distances, the points' norms folded into it.
+    product per centre gives their squared distances, the points' norms folded into it. On CPU the native
+    :func:`~deepmetric.native.kmeans_plus_plus` takes the same steps from the same draws (a torch step
+    is mostly the fixed cost of its dozen operators: 50 -> 23 ms for 200 centres from 2,048 points).
     """
     trials = 2 + int(np.log(k))
+    first = torch.randint(len(points), (1,), generator=generator).to(points.device)
+    uniform = torch.rand(k - 1, trials, generator=generator, dtype=torch.float64).to(points.device)
+    if native_selection(points.device):  # the same steps in C: a torch step is mostly per-op overhead
+        return points.index_select(0, native.kmeans_plus_plus(points, point_norms, k, int(first), uniform))
     ones = points.new_ones(len(points), 1)
     # [x, 1, ||x||^2] . [-2 c, ||c||^2, 1] = ||x - c||^2: one product per step for every point and candidate
     lifted = torch.cat([points, ones, point_norms[:, None]], 1)
     dual = torch.cat([points * -2, point_norms[:, None], ones], 1)
-    first = torch.randint(len(points), (1,), generator=generator).to(points.device)
-    uniform = torch.rand(k - 1, trials, generator=generator, dtype=torch.float64).to(points.device)
     chosen = torch.empty(k, dtype=torch.long, device=points.device)
     chosen[0] = first[0]
     closest = torch.mv(lifted, dual[first[0]]).clamp_min_(0)

@@ -44,9 +44,13 @@ _SIGNATURES = {
     + [_ptr] * 3,
     "dm_topk_finish": [_int64, _int64, ctypes.c_float, _int64, _int64, _ptr, _ptr, _ptr, _ptr],
     "dm_argmax_rows": [_ptr, _int64, _int64, _int64, _ptr, _ptr],
+    "dm_kmeans_plus_plus": [_ptr, _ptr, _int64, _int64, _int64, _int64, _int64, _ptr, _ptr],
 }
 # The functions that allocate return 0, or -1 when memory ran out; the others return nothing.
-_RESTYPES = {"dm_hamming_knn": ctypes.c_int, "dm_topk_rows": ctypes.c_int, "dm_topk_columns": ctypes.c_int}
+_RESTYPES = {
+    name: ctypes.c_int
+    for name in ("dm_hamming_knn", "dm_topk_rows", "dm_topk_columns", "dm_kmeans_plus_plus")
+}
 
 
 def _cpu_features() -> str:
@@ -202,6 +206,29 @@ def argmax_rows(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     _run_spans(run, _split(rows, _threads(rows)))
     return values, indices
+
+
+def kmeans_plus_plus(
+    points: torch.Tensor, norms: torch.Tensor, k: int, first: int, uniform: torch.Tensor
+) -> torch.Tensor:
+    """Greedy k-means++ of float32 CPU ``points`` (``n x d``) with their squared ``norms``, from the random
+    draws ``first`` and ``uniform`` (``(k - 1) x trials`` float64), as
+    :func:`deepmetric.evaluation.clustering.kmeans_plus_plus` does it with torch: the ``k`` chosen indices
+    (int64). One thread: its steps are sequential, each a pass over the points."""
+    if points.dtype != torch.float32 or points.device.type != "cpu" or points.dim() != 2:
+        raise ValueError("kmeans_plus_plus takes float32 CPU points (n x d)")
+    points, norms = points.contiguous(), norms.to(torch.float32).contiguous()
+    uniform = uniform.to(torch.float64).contiguous()
+    if uniform.shape[0] != k - 1 or not 0 <= first < len(points):
+        raise ValueError("kmeans_plus_plus needs k - 1 rows of uniforms and a first point among the points")
+    chosen = torch.empty(k, dtype=torch.int64)
+    status = library().dm_kmeans_plus_plus(
+        points.data_ptr(), norms.data_ptr(), len(points), points.shape[1], k, uniform.shape[1], first,
+        uniform.data_ptr(), chosen.data_ptr(),
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError("the native k-means++ kernel could not allocate its buffers")
+    return chosen
 
 
 class TopK:

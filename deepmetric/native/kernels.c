@@ -482,3 +482,89 @@ void dm_argmax_rows(const float *block, int64_t rows, int64_t cols, int64_t ld, 
         out_index[r] = index;
     }
 }
+
+/* ------------------------------------------------------------------------ greedy k-means++ seeding */
+
+/* out[i] = max(0, ||x_i||^2 + ||c||^2 - 2 x_i . c) for every point i and each of `count` candidate
+ * points c (out: count x n), eight candidates per pass over the points. */
+static void squared_distances(const float *points, const float *norms, int64_t n, int64_t d,
+                              const int64_t *candidates, int64_t count, float *out) {
+    for (int64_t t0 = 0; t0 < count; t0 += 8) {
+        const int64_t group = count - t0 < 8 ? count - t0 : 8;
+        const float *c[8];
+        for (int64_t t = 0; t < 8; t++) c[t] = points + candidates[t0 + (t < group ? t : 0)] * d;
+        for (int64_t i = 0; i < n; i++) {
+            const float *x = points + i * d;
+            float dot[8] = {0};
+            int64_t j = 0;
+#ifdef __AVX2__
+            __m256 acc[8];
+            for (int t = 0; t < 8; t++) acc[t] = _mm256_setzero_ps();
+            for (; j + 8 <= d; j += 8) {
+                const __m256 xv = _mm256_loadu_ps(x + j);
+                for (int t = 0; t < 8; t++) acc[t] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(c[t] + j), acc[t]);
+            }
+            for (int t = 0; t < 8; t++) {
+                float lane[8];
+                _mm256_storeu_ps(lane, acc[t]);
+                dot[t] = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+            }
+#endif
+            for (; j < d; j++)
+                for (int t = 0; t < 8; t++) dot[t] += x[j] * c[t][j];
+            for (int64_t t = 0; t < group; t++) {
+                const float squared = norms[i] + norms[candidates[t0 + t]] - 2 * dot[t];
+                out[(t0 + t) * n + i] = squared > 0 ? squared : 0;
+            }
+        }
+    }
+}
+
+/* Greedy k-means++ over n points (n x d, float32, with their squared norms), as
+ * deepmetric.evaluation.clustering.kmeans_plus_plus does it with torch, from the same random draws:
+ * `first`, then per new centre `trials` uniforms (uniform: (k - 1) x trials). Each step draws the
+ * candidates by inverse transform sampling of the squared distances to the nearest centre so far and keeps
+ * the one that lowers their sum most (the first on ties). chosen: k point indices. Returns 0, or -1
+ * without memory. */
+int dm_kmeans_plus_plus(const float *points, const float *norms, int64_t n, int64_t d, int64_t k,
+                        int64_t trials, int64_t first, const double *uniform, int64_t *chosen) {
+    float *closest = malloc((size_t)n * sizeof(float));
+    float *trial = malloc((size_t)(trials * n) * sizeof(float));
+    double *cumulative = malloc((size_t)n * sizeof(double));
+    int64_t *candidates = malloc((size_t)trials * sizeof(int64_t));
+    if (!closest || !trial || !cumulative || !candidates) {
+        free(closest), free(trial), free(cumulative), free(candidates);
+        return -1;
+    }
+    chosen[0] = first;
+    squared_distances(points, norms, n, d, &first, 1, closest);
+    for (int64_t step = 1; step < k; step++) {
+        double total = 0;
+        for (int64_t i = 0; i < n; i++) cumulative[i] = total += closest[i];
+        if (!(total > 0)) /* fewer distinct points than centres: any point will do */
+            for (int64_t i = 0; i < n; i++) cumulative[i] = total = (double)(i + 1);
+        for (int64_t t = 0; t < trials; t++) { /* the first point whose cumulative sum exceeds the target */
+            const double target = uniform[(step - 1) * trials + t] * total;
+            int64_t lo = 0, hi = n;
+            while (lo < hi) {
+                const int64_t mid = lo + (hi - lo) / 2;
+                if (cumulative[mid] > target) hi = mid;
+                else lo = mid + 1;
+            }
+            candidates[t] = lo < n ? lo : n - 1;
+        }
+        squared_distances(points, norms, n, d, candidates, trials, trial);
+        int64_t best = 0;
+        double best_sum = INFINITY;
+        for (int64_t t = 0; t < trials; t++) {
+            float *row = trial + t * n;
+            double sum = 0;
+            for (int64_t i = 0; i < n; i++) sum += row[i] = row[i] < closest[i] ? row[i] : closest[i];
+            if (sum < best_sum) best_sum = sum, best = t;
+        }
+        chosen[step] = candidates[best];
+        memcpy(closest, trial + best * n, (size_t)n * sizeof(float));
+    }
+    free(closest), free(trial), free(cumulative), free(candidates);
+    return 0;
+}
