@@ -1,4 +1,5 @@
-"""Native CPU kernels (``kernels.c``): the hot loops of exact k-nearest-neighbour search.
+"""Native CPU kernels (``kernels.c``): the hot loops of exact k-nearest-neighbour search (and of k-means's
+seeding and assignment).
 
 Numpy and torch run a selection as several passes over memory (compare, gather, partition); the C
 kernels do it in one pass with a per-query bound (see the comment at the top of ``kernels.c``), which is

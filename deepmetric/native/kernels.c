@@ -1,4 +1,5 @@
-/* deepmetric's native kernels: streaming exact k-nearest-neighbour selection.
+/* deepmetric's native kernels: streaming exact k-nearest-neighbour selection (float and Hamming), and
+ * k-means's row argmax and greedy k-means++ seeding.
  *
  * Loaded through ctypes by deepmetric/native/__init__.py, which compiles this file on first use. Every
  * function works on caller-owned buffers and touches no Python object, so the callers run them on
