@@ -129,6 +129,21 @@ def test_topk_cuts_by_binned_selection_stay_exact(spread: str) -> None:
         assert torch.equal(indices, expected_indices[:, :25])
 
 
+def test_topk_ties_negative_and_positive_zero() -> None:
+    """-0.0 and +0.0 are equal scores: their order is the index order, and a zero comes out as +0.0."""
+    if not native.available():
+        pytest.skip("the native kernels could not be built here (no C compiler)")
+    scores = torch.tensor([[0.0, -0.0, 1.0, -0.0, 0.0, -1.0, -0.0, 2.0]])
+    for largest in (True, False):
+        selection = native.TopK(1, 6, largest)
+        selection.offer_rows(scores, 0, 0)
+        values, indices = selection.result()
+        expected_values, expected_indices = scores.sort(dim=1, descending=largest, stable=True)
+        assert torch.equal(indices, expected_indices[:, :6])
+        assert torch.equal(values, expected_values[:, :6])
+        assert not torch.signbit(values[values == 0]).any()
+
+
 def test_threads_work_in_a_forked_child() -> None:
     """A process forked after the kernels ran on several threads (as DataLoader workers are) gets its own
     thread pool instead of waiting forever on its parent's threads."""

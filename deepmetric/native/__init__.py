@@ -50,7 +50,7 @@ _SIGNATURES = {
 # The functions that allocate return 0, or -1 when memory ran out; the others return nothing.
 _RESTYPES = {
     name: ctypes.c_int
-    for name in ("dm_hamming_knn", "dm_topk_rows", "dm_topk_columns", "dm_kmeans_plus_plus")
+    for name in ("dm_hamming_knn", "dm_topk_rows", "dm_topk_columns", "dm_topk_finish", "dm_kmeans_plus_plus")
 }
 
 
@@ -302,8 +302,10 @@ class TopK:
         rows = self.rows - row0 if rows is None else rows
         values = torch.empty(rows, self.k, dtype=torch.float32)
         indices = torch.empty(rows, self.k, dtype=torch.int64)
-        self.lib.dm_topk_finish(
+        status = self.lib.dm_topk_finish(
             row0, rows, self.sign, self.k, self.cap,
             self.entries.ctypes.data, self.count.ctypes.data, values.data_ptr(), indices.data_ptr(),
         )  # fmt: skip
+        if status != 0:
+            raise MemoryError("the native top-k could not allocate its buffers")
         return values, indices

@@ -307,11 +307,6 @@ static void select_best(Entry *e, int64_t n, int64_t k) {
     }
 }
 
-static int compare_entries(const void *a, const void *b) {
-    const Entry x = *(const Entry *)a, y = *(const Entry *)b;
-    return better(x, y) ? -1 : (better(y, x) ? 1 : 0);
-}
-
 /* The k-th largest of keys[0..n) (quickselect; reorders keys). */
 static float kth_largest(float *keys, int64_t n, int64_t k) {
     int64_t lo = 0, hi = n - 1;
@@ -440,24 +435,86 @@ int dm_topk_columns(const float *block, int64_t rows, int64_t cols, int64_t ld, 
     return offer(block, rows, cols, ld, index0, state_row0, sign, k, cap, entries, count, bound, 1);
 }
 
+/* An entry as one integer that sorts best first: the key's bits made order-preserving and inverted (high
+ * half), then the index (low half), so ties go to the lower index. */
+static inline uint64_t rank_key(Entry e) {
+    const float key = e.key + 0.0f; /* -0 and +0 tie, as in a float comparison */
+    uint32_t bits;
+    memcpy(&bits, &key, sizeof bits);
+    bits = bits & 0x80000000u ? ~bits : bits | 0x80000000u; /* larger float, larger unsigned */
+    return (uint64_t)~bits << 32 | (uint32_t)e.index;
+}
+
+/* Sort ascending: quicksort (median of three) down to runs of 16, then one insertion sort. */
+static void sort_keys(uint64_t *a, int64_t n) {
+    while (n > 16) {
+        const int64_t mid = n / 2;
+        uint64_t t;
+        if (a[mid] < a[0]) t = a[0], a[0] = a[mid], a[mid] = t;
+        if (a[n - 1] < a[0]) t = a[0], a[0] = a[n - 1], a[n - 1] = t;
+        if (a[n - 1] < a[mid]) t = a[mid], a[mid] = a[n - 1], a[n - 1] = t;
+        const uint64_t pivot = a[mid];
+        int64_t i = 0, j = n - 1;
+        while (i <= j) {
+            while (a[i] < pivot) i++;
+            while (pivot < a[j]) j--;
+            if (i <= j) t = a[i], a[i] = a[j], a[j] = t, i++, j--;
+        }
+        if (j + 1 < n - i) { /* recurse into the smaller side, loop on the larger */
+            sort_keys(a, j + 1);
+            a += i, n -= i;
+        } else {
+            sort_keys(a + i, n - i);
+            n = j + 1;
+        }
+    }
+    for (int64_t i = 1; i < n; i++) {
+        const uint64_t x = a[i];
+        int64_t j = i;
+        for (; j > 0 && a[j - 1] > x; j--) a[j] = a[j - 1];
+        a[j] = x;
+    }
+}
+
 /* Write the k best of state rows row0..row0+rows into out_values/out_index (rows x k), best first;
- * slots no candidate filled get value -inf * sign and index -1. */
-void dm_topk_finish(int64_t row0, int64_t rows, float sign, int64_t k, int64_t cap, Entry *entries,
-                    int64_t *count, float *out_values, int64_t *out_index) {
+ * slots no candidate filled get value -inf * sign and index -1. A row is first cut back to the entries
+ * at least as good as its k-th best key, then sorted as integers. Returns 0, or -1 without memory. */
+int dm_topk_finish(int64_t row0, int64_t rows, float sign, int64_t k, int64_t cap, Entry *entries,
+                   int64_t *count, float *out_values, int64_t *out_index) {
+    float *scratch = malloc((size_t)cap * sizeof(float));
+    uint64_t *ranked = malloc((size_t)cap * sizeof(uint64_t));
+    if (!scratch || !ranked) {
+        free(scratch), free(ranked);
+        return -1;
+    }
     for (int64_t r = 0; r < rows; r++) {
         const int64_t row = row0 + r;
         Entry *e = entries + row * cap;
         int64_t n = count[row];
         if (n > k) {
-            select_best(e, n, k);
-            n = k;
+            const float kth = kth_largest_binned(e, n, k, scratch);
+            int64_t kept = 0;
+            for (int64_t i = 0; i < n; i++) {
+                e[kept] = e[i];
+                kept += e[i].key >= kth;
+            }
+            n = kept;
         }
-        qsort(e, (size_t)n, sizeof(Entry), compare_entries);
+        for (int64_t i = 0; i < n; i++) ranked[i] = rank_key(e[i]);
+        sort_keys(ranked, n);
         for (int64_t i = 0; i < k; i++) {
-            out_values[r * k + i] = i < n ? sign * e[i].key : -INFINITY * sign;
-            out_index[r * k + i] = i < n ? e[i].index : -1;
+            float key = -INFINITY;
+            if (i < n) { /* the key back from its bits */
+                const uint32_t bits = ~(uint32_t)(ranked[i] >> 32);
+                const uint32_t original = bits & 0x80000000u ? bits & 0x7fffffffu : ~bits;
+                memcpy(&key, &original, sizeof key);
+            }
+            out_values[r * k + i] = sign * key + 0.0f;
+            out_index[r * k + i] = i < n ? (int32_t)(uint32_t)ranked[i] : -1;
         }
     }
+    free(scratch), free(ranked);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------ row argmax */
