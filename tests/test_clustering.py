@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from deepmetric import native
 from deepmetric.evaluation import clustering, kmeans
 
 # Every test runs with the native selection kernels and with the torch code they replace (the CUDA path).
@@ -164,21 +163,3 @@ def test_kmeans_does_not_see_a_translation():
     far = kmeans(torch.from_numpy(points + np.float32(1000)), 25, seed=2).numpy()
     pairs = set(zip(near.tolist(), far.tolist()))
     assert len(pairs) == len(set(near.tolist())) == len(set(far.tolist()))
-
-
-def test_native_kmeans_plus_plus_takes_the_torch_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The C seeding picks what the torch steps pick from the same draws, down to the degenerate steps
-    once every distinct point is a centre (5 distinct points, interleaved, k = 12; small integers, so that
-    every squared distance, zero included, is exact in float32)."""
-    if not native.available():
-        pytest.skip("the native kernels could not be built here (no C compiler)")
-    distinct = np.array([[0, 0, 1], [2, 1, 0], [1, 2, 2], [0, 2, 1], [2, 0, 2]], dtype=np.float32)
-    duplicates = np.tile(distinct, (8, 1))
-    for points, k in ((blobs(400, 6, 12, 7, noise=0.7), 30), (duplicates, 12)):
-        x = torch.from_numpy(points).float()
-        norms = (x * x).sum(1)
-        seeds = clustering.kmeans_plus_plus(x, norms, k, torch.Generator().manual_seed(4))
-        with monkeypatch.context() as patch:
-            patch.setattr(clustering, "native_selection", lambda device: False)
-            expected = clustering.kmeans_plus_plus(x, norms, k, torch.Generator().manual_seed(4))
-        assert torch.equal(seeds, expected)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from deepmetric import native
+from deepmetric.evaluation import clustering
 
 
 def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,3 +167,23 @@ def test_threads_work_in_a_forked_child() -> None:
 def _hamming_in_child(codes: np.ndarray) -> np.ndarray:
     torch.set_num_threads(2)
     return native.hamming_knn(codes, codes, 3)[1]
+
+
+def test_native_kmeans_plus_plus_takes_the_torch_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C seeding picks what the torch steps pick from the same draws, down to the degenerate steps
+    once every distinct point is a centre (5 distinct points, interleaved, k = 12; small integers, so that
+    every squared distance, zero included, is exact in float32)."""
+    if not native.available():
+        pytest.skip("the native kernels could not be built here (no C compiler)")
+    distinct = np.array([[0, 0, 1], [2, 1, 0], [1, 2, 2], [0, 2, 1], [2, 0, 2]], dtype=np.float32)
+    duplicates = np.tile(distinct, (8, 1))
+    rng = np.random.default_rng(7)
+    blobs = (rng.normal(size=(12, 6)) * 3)[rng.integers(0, 12, 400)] + 0.7 * rng.normal(size=(400, 6))
+    for points, k in ((blobs.astype(np.float32), 30), (duplicates, 12)):
+        x = torch.from_numpy(points).float()
+        norms = (x * x).sum(1)
+        seeds = clustering.kmeans_plus_plus(x, norms, k, torch.Generator().manual_seed(4))
+        with monkeypatch.context() as patch:
+            patch.setattr(clustering, "native_selection", lambda device: False)
+            expected = clustering.kmeans_plus_plus(x, norms, k, torch.Generator().manual_seed(4))
+        assert torch.equal(seeds, expected)
