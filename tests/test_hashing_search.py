@@ -219,16 +219,23 @@ def test_hamming_knn_k_equal_database_size_and_errors() -> None:
         hamming_knn(torch.from_numpy(q), db, 2)
 
 
-def test_radius_search_equals_brute_force() -> None:
-    rng = np.random.default_rng(3)
-    db, queries = random_signs(rng, 400, 12), random_signs(rng, 15, 12)
-    reference = slow_hamming(queries, db)
+@pytest.mark.parametrize(
+    ("bits", "size", "radius"),
+    [(12, 400, 3), (64, 1100, 27), (130, 300, 500), (300, 200, 140), (300, 200, 290)],
+)
+def test_radius_search_equals_brute_force(bits: int, size: int, radius: int, cpu_kernel: str) -> None:
+    """Short and multi-word codes, a database past one tile with a tail, a radius beyond every distance,
+    and radii of long codes on both sides of the byte sums' range."""
+    rng = np.random.default_rng(bits)
+    db, queries = random_signs(rng, size, bits), random_signs(rng, 15, bits)
+    db[size // 3 :: 50] = queries[0]  # exact matches
+    reference = np.rint((bits - queries.astype(np.float64) @ db.T) / 2).astype(np.int64)  # +-1 signs
     lims, distances, indices = hamming_radius_search(
-        pack_bits(queries), pack_bits(db), 3, memory_budget=10_000
+        pack_bits(queries), pack_bits(db), radius, memory_budget=10_000
     )
     assert lims.shape == (16,)
     for q in range(15):
-        expected = sorted((reference[q, j], j) for j in range(400) if reference[q, j] <= 3)
+        expected = sorted((reference[q, j], j) for j in range(size) if reference[q, j] <= radius)
         got = list(zip(distances[lims[q] : lims[q + 1]].tolist(), indices[lims[q] : lims[q + 1]].tolist()))
         assert got == [(int(d), int(j)) for d, j in expected]
 

@@ -7,9 +7,10 @@ CPU (numpy arrays and CPU tensors), k-NN: the native kernel (:mod:`deepmetric.na
 use). With AVX2 it is a fast scan: the database, in cache-sized tiles, is transposed into nibbles, and
 each pair of queries gets 4-bit lookup tables of popcount(query nibble ^ v), so one byte shuffle adds one
 nibble's distance for 32 codes and both queries; each query keeps its candidates under a running bound
-(one comparison per pair). Other CPUs: XOR + popcount per code. The queries are split over
-``torch.get_num_threads()`` threads. Without a C compiler, and for radius search, the numpy kernel below
-runs instead (same results).
+(one comparison per pair). Other CPUs: XOR + popcount per code. Radius search runs the same scan
+twice: once to count each query's codes within the radius, once to fill arrays of that size. The queries
+are split over ``torch.get_num_threads()`` threads. Without a C compiler the numpy kernel below runs
+instead (same results).
 
 numpy kernel: the queries are split into blocks that ``torch.get_num_threads()``
 worker threads scan in parallel (numpy releases the GIL). A block meets the database in slices of about
@@ -176,6 +177,8 @@ def _knn_numpy(
 def _radius_numpy(
     query: np.ndarray, database: np.ndarray, radius: int, memory_budget: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if native.available():
+        return native.hamming_radius(np.ascontiguousarray(query), np.ascontiguousarray(database), radius)
     levels, num_db = 64 * query.shape[1] + 1, database.shape[0]
     blocks = _scan_numpy(query, database, memory_budget, radius=radius)
     rows = np.concatenate([keys // (levels * num_db) + q_start for q_start, keys in blocks])

@@ -45,12 +45,20 @@ _SIGNATURES = {
     + [_ptr] * 3,
     "dm_topk_finish": [_int64, _int64, ctypes.c_float, _int64, _int64, _ptr, _ptr, _ptr, _ptr],
     "dm_argmax_rows": [_ptr, _int64, _int64, _int64, _ptr, _ptr],
+    "dm_hamming_radius": [_ptr, _int64, _ptr, _int64, _int64, _int64, _ptr, _ptr, _ptr],
     "dm_kmeans_plus_plus": [_ptr, _ptr, _int64, _int64, _int64, _int64, _int64, _ptr, _ptr],
 }
 # The functions that allocate return 0, or -1 when memory ran out; the others return nothing.
 _RESTYPES = {
     name: ctypes.c_int
-    for name in ("dm_hamming_knn", "dm_topk_rows", "dm_topk_columns", "dm_topk_finish", "dm_kmeans_plus_plus")
+    for name in (
+        "dm_hamming_knn",
+        "dm_hamming_radius",
+        "dm_topk_rows",
+        "dm_topk_columns",
+        "dm_topk_finish",
+        "dm_kmeans_plus_plus",
+    )
 }
 
 
@@ -187,6 +195,37 @@ def hamming_knn(query: np.ndarray, database: np.ndarray, k: int) -> tuple[np.nda
 
     _run_spans(run, _split(query.shape[0], _threads(query.shape[0])))
     return distances, indices
+
+
+def hamming_radius(
+    query: np.ndarray, database: np.ndarray, radius: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every code of ``database`` within Hamming ``radius`` of each query (uint64 codes, ``Q x words`` and
+    ``N x words``, C-contiguous): ``(lims, distances, indices)`` in faiss's range-search layout, each
+    query's results by (distance, index). Two scans: one counts, one fills the exact-sized arrays."""
+    lib = library()
+    if database.shape[0] >= 1 << 40:
+        raise ValueError("the native Hamming kernel indexes at most 2^40 codes")
+    counts = np.zeros(query.shape[0], dtype=np.int64)
+    spans = _split(query.shape[0], _threads(query.shape[0]))
+
+    def scan(span: tuple[int, int], lims: np.ndarray | None = None, keys: np.ndarray | None = None) -> None:
+        start, stop = span
+        offsets = None if lims is None else np.ascontiguousarray(lims[start:stop] - lims[start])
+        status = lib.dm_hamming_radius(
+            _address(query[start:stop]), stop - start, _address(database), database.shape[0],
+            query.shape[1], radius, None if offsets is None else _address(offsets),
+            None if keys is None else _address(keys[lims[start] :]), _address(counts[start:stop]),
+        )  # fmt: skip
+        if status != 0:
+            raise MemoryError("the native Hamming kernel could not allocate its buffers")
+
+    _run_spans(scan, spans)
+    lims = np.concatenate([[0], np.cumsum(counts)])
+    keys = np.empty(max(1, int(lims[-1])), dtype=np.uint64)  # one slot at least: a valid address
+    _run_spans(lambda span: scan(span, lims, keys), spans)
+    keys = keys[: lims[-1]]
+    return lims, (keys >> np.uint64(40)).astype(np.int64), (keys & np.uint64((1 << 40) - 1)).astype(np.int64)
 
 
 def argmax_rows(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

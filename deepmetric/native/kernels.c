@@ -28,9 +28,35 @@
 #define INDEX_BITS 40
 #define INDEX_MASK ((UINT64_C(1) << INDEX_BITS) - 1)
 
-static int compare_keys(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
+/* Sort ascending: quicksort (median of three) down to runs of 16, then one insertion sort. */
+static void sort_keys(uint64_t *a, int64_t n) {
+    while (n > 16) {
+        const int64_t mid = n / 2;
+        uint64_t t;
+        if (a[mid] < a[0]) t = a[0], a[0] = a[mid], a[mid] = t;
+        if (a[n - 1] < a[0]) t = a[0], a[0] = a[n - 1], a[n - 1] = t;
+        if (a[n - 1] < a[mid]) t = a[mid], a[mid] = a[n - 1], a[n - 1] = t;
+        const uint64_t pivot = a[mid];
+        int64_t i = 0, j = n - 1;
+        while (i <= j) {
+            while (a[i] < pivot) i++;
+            while (pivot < a[j]) j--;
+            if (i <= j) t = a[i], a[i] = a[j], a[j] = t, i++, j--;
+        }
+        if (j + 1 < n - i) { /* recurse into the smaller side, loop on the larger */
+            sort_keys(a, j + 1);
+            a += i, n -= i;
+        } else {
+            sort_keys(a + i, n - i);
+            n = j + 1;
+        }
+    }
+    for (int64_t i = 1; i < n; i++) {
+        const uint64_t x = a[i];
+        int64_t j = i;
+        for (; j > 0 && a[j - 1] > x; j--) a[j] = a[j - 1];
+        a[j] = x;
+    }
 }
 
 /* One query's candidates: a buffer of keys in index order, with a histogram of their distances. Only a
@@ -38,8 +64,8 @@ static int compare_keys(const void *a, const void *b) {
  * bound - 1 (so it is at most one above the k-th best distance so far), and a full buffer is cut back to
  * its k best. */
 typedef struct {
-    uint64_t *keys;
-    int32_t *hist; /* candidates per distance, levels entries */
+    uint64_t *keys; /* NULL: only count the codes within the bound */
+    int32_t *hist;  /* candidates per distance, levels entries */
     int64_t count, below, bound; /* below: candidates closer than the bound */
 } Candidates;
 
@@ -67,6 +93,10 @@ static void hamming_cut(Candidates *c, const Selection *s) {
 }
 
 static inline void hamming_push(Candidates *c, const Selection *s, int64_t d, int64_t j) {
+    if (!c->keys) {
+        c->count++;
+        return;
+    }
     c->keys[c->count++] = (uint64_t)d << INDEX_BITS | (uint64_t)j;
     c->hist[d]++;
     c->below++;
@@ -192,85 +222,118 @@ static inline __attribute__((always_inline)) void hamming_scan_tile(const uint8_
 }
 #endif
 
-/* The k nearest of ndb codes (words uint64 each) for each of nq queries: out_dist/out_index nq x k.
- * The database is read in tiles, each tile by every query of a chunk while it is in cache. Returns 0,
- * or -1 when memory runs out. */
-int dm_hamming_knn(const uint64_t *query, int64_t nq, const uint64_t *db, int64_t ndb, int64_t words,
-                   int64_t k, int64_t *out_dist, int64_t *out_index) {
-    enum { QUERY_CHUNK = 1024 };
-    const Selection s = {k, k < 256 ? 4 * k + 64 : 2 * k, 64 * words + 1};
-    const int64_t chunk = nq < QUERY_CHUNK ? nq : QUERY_CHUNK;
-    /* one more state than queries: an odd query out is scanned with itself, into the spare state */
-    Candidates *state = malloc((size_t)(chunk + 1) * sizeof(Candidates));
-    uint64_t *keys = malloc((size_t)((chunk + 1) * s.cap) * sizeof(uint64_t));
-    int32_t *hist = malloc((size_t)((chunk + 1) * s.levels) * sizeof(int32_t));
+/* Every code of db against queries [0, rows) with their states state[0..rows) (state[rows]: the spare
+ * that scans an odd query out a second time, counting only). The database is read in tiles, each tile by
+ * every query while it is in cache. Returns 0, or -1 when memory runs out. */
+static int hamming_scan(const uint64_t *query, int64_t rows, const uint64_t *db, int64_t ndb, int64_t words,
+                        Candidates *state, const Selection *s) {
 #ifdef __AVX2__
     const int64_t tile_codes = SCAN_TILE, positions = 16 * words;
     uint8_t *tile = malloc((size_t)(SCAN_TILE * positions));
-    uint8_t *tables = malloc((size_t)((chunk + 1) / 2 * positions * 16));
-    const int ok = tile && tables;
-#else
-    const int64_t tile_codes = 4096;
-    const int ok = 1;
-#endif
-    if (!keys || !state || !hist || !ok) {
-        free(keys), free(state), free(hist);
-#ifdef __AVX2__
+    uint8_t *tables = malloc((size_t)((rows + 1) / 2 * positions * 16));
+    if (!tile || !tables) {
         free(tile), free(tables);
-#endif
         return -1;
     }
-    for (int64_t q0 = 0; q0 < nq; q0 += chunk) {
-        const int64_t rows = nq - q0 < chunk ? nq - q0 : chunk;
-        for (int64_t r = 0; r <= rows; r++) {
-            int32_t *h = hist + r * s.levels;
-            memset(h, 0, (size_t)s.levels * sizeof(int32_t));
-            state[r] = (Candidates){keys + r * s.cap, h, 0, 0, s.levels}; /* everything can enter at first */
-        }
+    for (int64_t r = 0; r < rows; r += 2) {
+        const uint64_t *a = query + r * words, *b = r + 1 < rows ? a + words : a;
+        pair_tables(a, b, words, tables + r / 2 * positions * 16);
+    }
+#else
+    const int64_t tile_codes = 4096;
+#endif
+    for (int64_t t0 = 0; t0 < ndb; t0 += tile_codes) {
+        const int64_t t1 = ndb - t0 < tile_codes ? ndb : t0 + tile_codes;
+        int64_t scanned = t0; /* codes before this one went through the fast scan */
 #ifdef __AVX2__
+        const int64_t blocks = (t1 - t0) / SCAN_BLOCK;
+        nibble_tile(db, t0, blocks, words, tile);
+        scanned = t0 + blocks * SCAN_BLOCK;
         for (int64_t r = 0; r < rows; r += 2) {
-            const uint64_t *a = query + (q0 + r) * words, *b = r + 1 < rows ? a + words : a;
-            pair_tables(a, b, words, tables + r / 2 * positions * 16);
+            Candidates *a = state + r, *b = state + (r + 1 < rows ? r + 1 : rows);
+            const uint8_t *pair = tables + r / 2 * positions * 16;
+            if (a->bound > 255 || b->bound > 255) { /* sums saturate: bounds of codes over 254 bits */
+                const uint64_t *qa = query + r * words;
+                hamming_scan_scalar(qa, db, t0, scanned, words, a, s);
+                if (r + 1 < rows) hamming_scan_scalar(qa + words, db, t0, scanned, words, b, s);
+            } else if (words == 1)
+                hamming_scan_tile(tile, blocks, 16, pair, t0, a, b, s);
+            else
+                hamming_scan_tile(tile, blocks, positions, pair, t0, a, b, s);
         }
 #endif
-        for (int64_t t0 = 0; t0 < ndb; t0 += tile_codes) {
-            const int64_t t1 = ndb - t0 < tile_codes ? ndb : t0 + tile_codes;
-            int64_t scanned = t0; /* codes before this one went through the fast scan */
+        for (int64_t r = 0; r < rows; r++)
+            hamming_scan_scalar(query + r * words, db, scanned, t1, words, state + r, s);
+    }
 #ifdef __AVX2__
-            const int64_t blocks = (t1 - t0) / SCAN_BLOCK;
-            nibble_tile(db, t0, blocks, words, tile);
-            scanned = t0 + blocks * SCAN_BLOCK;
-            for (int64_t r = 0; r < rows; r += 2) {
-                Candidates *a = state + r, *b = state + (r + 1 < rows ? r + 1 : rows);
-                const uint8_t *pair = tables + r / 2 * positions * 16;
-                if (a->bound > 255 || b->bound > 255) { /* sums saturate: at first, for codes over 254 bits */
-                    const uint64_t *qa = query + (q0 + r) * words;
-                    hamming_scan_scalar(qa, db, t0, scanned, words, a, &s);
-                    hamming_scan_scalar(r + 1 < rows ? qa + words : qa, db, t0, scanned, words, b, &s);
-                } else if (words == 1)
-                    hamming_scan_tile(tile, blocks, 16, pair, t0, a, b, &s);
-                else
-                    hamming_scan_tile(tile, blocks, positions, pair, t0, a, b, &s);
-            }
+    free(tile), free(tables);
 #endif
-            for (int64_t r = 0; r < rows; r++)
-                hamming_scan_scalar(query + (q0 + r) * words, db, scanned, t1, words, state + r, &s);
-        }
-        for (int64_t r = 0; r < rows; r++) {
+    return 0;
+}
+
+/* Per-query states for a chunk of rows queries (and the spare), each with its histogram; keys: the
+ * queries' buffers, cap apart, or NULL to count only; everything can enter below bound at first. */
+static void hamming_states(Candidates *state, int64_t rows, uint64_t *keys, int64_t cap, int32_t *hist,
+                           int64_t levels, int64_t bound) {
+    for (int64_t r = 0; r <= rows; r++) {
+        memset(hist + r * levels, 0, (size_t)levels * sizeof(int32_t));
+        state[r] = (Candidates){keys && r < rows ? keys + r * cap : NULL, hist + r * levels, 0, 0, bound};
+    }
+}
+
+enum { QUERY_CHUNK = 1024 };
+
+/* The k nearest of ndb codes (words uint64 each) for each of nq queries: out_dist/out_index nq x k.
+ * Returns 0, or -1 when memory runs out. */
+int dm_hamming_knn(const uint64_t *query, int64_t nq, const uint64_t *db, int64_t ndb, int64_t words,
+                   int64_t k, int64_t *out_dist, int64_t *out_index) {
+    const Selection s = {k, k < 256 ? 4 * k + 64 : 2 * k, 64 * words + 1};
+    const int64_t chunk = nq < QUERY_CHUNK ? nq : QUERY_CHUNK;
+    Candidates *state = malloc((size_t)(chunk + 1) * sizeof(Candidates));
+    uint64_t *keys = malloc((size_t)(chunk * s.cap) * sizeof(uint64_t));
+    int32_t *hist = malloc((size_t)((chunk + 1) * s.levels) * sizeof(int32_t));
+    int status = state && keys && hist ? 0 : -1;
+    for (int64_t q0 = 0; q0 < nq && status == 0; q0 += chunk) {
+        const int64_t rows = nq - q0 < chunk ? nq - q0 : chunk;
+        hamming_states(state, rows, keys, s.cap, hist, s.levels, s.levels);
+        status = hamming_scan(query + q0 * words, rows, db, ndb, words, state, &s);
+        for (int64_t r = 0; r < rows && status == 0; r++) {
             Candidates *c = state + r;
             if (c->count > k) hamming_cut(c, &s);
-            qsort(c->keys, (size_t)k, sizeof(uint64_t), compare_keys);
+            sort_keys(c->keys, k);
             for (int64_t i = 0; i < k; i++) {
                 out_dist[(q0 + r) * k + i] = (int64_t)(c->keys[i] >> INDEX_BITS);
                 out_index[(q0 + r) * k + i] = (int64_t)(c->keys[i] & INDEX_MASK);
             }
         }
     }
-    free(keys), free(state), free(hist);
-#ifdef __AVX2__
-    free(tile), free(tables);
-#endif
-    return 0;
+    free(state), free(keys), free(hist);
+    return status;
+}
+
+/* The codes within Hamming distance radius of each of nq queries, in two calls. keys == NULL: counts[q]
+ * = how many. Otherwise keys[offsets[q] .. offsets[q + 1]) = query q's, as distance << 40 | index,
+ * sorted by (distance, index). Returns 0, or -1 when memory runs out. */
+int dm_hamming_radius(const uint64_t *query, int64_t nq, const uint64_t *db, int64_t ndb, int64_t words,
+                      int64_t radius, const int64_t *offsets, uint64_t *keys, int64_t *counts) {
+    const Selection s = {INT64_MAX, INT64_MAX, 64 * words + 1}; /* no k: never tighten, never cut */
+    const int64_t chunk = nq < QUERY_CHUNK ? nq : QUERY_CHUNK;
+    Candidates *state = malloc((size_t)(chunk + 1) * sizeof(Candidates));
+    int32_t *hist = malloc((size_t)((chunk + 1) * s.levels) * sizeof(int32_t));
+    int status = state && hist ? 0 : -1;
+    for (int64_t q0 = 0; q0 < nq && status == 0; q0 += chunk) {
+        const int64_t rows = nq - q0 < chunk ? nq - q0 : chunk;
+        hamming_states(state, rows, NULL, 0, hist, s.levels, radius < s.levels ? radius + 1 : s.levels);
+        if (keys)
+            for (int64_t r = 0; r < rows; r++) state[r].keys = keys + offsets[q0 + r];
+        status = hamming_scan(query + q0 * words, rows, db, ndb, words, state, &s);
+        for (int64_t r = 0; r < rows && status == 0; r++) {
+            counts[q0 + r] = state[r].count;
+            if (keys) sort_keys(state[r].keys, state[r].count);
+        }
+    }
+    free(state), free(hist);
+    return status;
 }
 
 /* ---------------------------------------------------------------------- float top-k selection */
@@ -443,37 +506,6 @@ static inline uint64_t rank_key(Entry e) {
     memcpy(&bits, &key, sizeof bits);
     bits = bits & 0x80000000u ? ~bits : bits | 0x80000000u; /* larger float, larger unsigned */
     return (uint64_t)~bits << 32 | (uint32_t)e.index;
-}
-
-/* Sort ascending: quicksort (median of three) down to runs of 16, then one insertion sort. */
-static void sort_keys(uint64_t *a, int64_t n) {
-    while (n > 16) {
-        const int64_t mid = n / 2;
-        uint64_t t;
-        if (a[mid] < a[0]) t = a[0], a[0] = a[mid], a[mid] = t;
-        if (a[n - 1] < a[0]) t = a[0], a[0] = a[n - 1], a[n - 1] = t;
-        if (a[n - 1] < a[mid]) t = a[mid], a[mid] = a[n - 1], a[n - 1] = t;
-        const uint64_t pivot = a[mid];
-        int64_t i = 0, j = n - 1;
-        while (i <= j) {
-            while (a[i] < pivot) i++;
-            while (pivot < a[j]) j--;
-            if (i <= j) t = a[i], a[i] = a[j], a[j] = t, i++, j--;
-        }
-        if (j + 1 < n - i) { /* recurse into the smaller side, loop on the larger */
-            sort_keys(a, j + 1);
-            a += i, n -= i;
-        } else {
-            sort_keys(a + i, n - i);
-            n = j + 1;
-        }
-    }
-    for (int64_t i = 1; i < n; i++) {
-        const uint64_t x = a[i];
-        int64_t j = i;
-        for (; j > 0 && a[j - 1] > x; j--) a[j] = a[j - 1];
-        a[j] = x;
-    }
 }
 
 /* Write the k best of state rows row0..row0+rows into out_values/out_index (rows x k), best first;
