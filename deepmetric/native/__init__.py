@@ -49,6 +49,8 @@ _SIGNATURES = {
     "dm_kmeans_plus_plus": [_ptr, _ptr, _int64, _int64, _int64, _int64, _int64, _ptr, _ptr],
 }
 # The functions that allocate return 0, or -1 when memory ran out; the others return nothing.
+# The Hamming kernels' candidates are distance << 40 | index (kernels.c, INDEX_BITS).
+_HAMMING_INDEX_BITS = 40
 _RESTYPES = {
     name: ctypes.c_int
     for name in (
@@ -168,12 +170,16 @@ def _split(total: int, parts: int) -> list[tuple[int, int]]:
     return [(start, min(start + step, total)) for start in range(0, total, step)]
 
 
+def _check_hamming_size(database: np.ndarray) -> None:
+    if database.shape[0] >= 1 << _HAMMING_INDEX_BITS:
+        raise ValueError(f"the native Hamming kernel indexes at most 2^{_HAMMING_INDEX_BITS} codes")
+
+
 def hamming_knn(query: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact k-NN of uint64 codes (``Q x words`` and ``N x words``, C-contiguous): ``(distances, indices)``,
     int64 ``Q x k``, by (distance, index). Queries are split over ``torch.get_num_threads()`` threads."""
     lib = library()
-    if database.shape[0] >= 1 << 40:
-        raise ValueError("the native Hamming kernel indexes at most 2^40 codes")
+    _check_hamming_size(database)
     distances = np.empty((query.shape[0], k), dtype=np.int64)
     indices = np.empty((query.shape[0], k), dtype=np.int64)
     words = query.shape[1]
@@ -204,8 +210,7 @@ def hamming_radius(
     ``N x words``, C-contiguous): ``(lims, distances, indices)`` in faiss's range-search layout, each
     query's results by (distance, index). Two scans: one counts, one fills the exact-sized arrays."""
     lib = library()
-    if database.shape[0] >= 1 << 40:
-        raise ValueError("the native Hamming kernel indexes at most 2^40 codes")
+    _check_hamming_size(database)
     counts = np.zeros(query.shape[0], dtype=np.int64)
     spans = _split(query.shape[0], _threads(query.shape[0]))
 
@@ -225,7 +230,8 @@ def hamming_radius(
     keys = np.empty(max(1, int(lims[-1])), dtype=np.uint64)  # one slot at least: a valid address
     _run_spans(lambda span: scan(span, lims, keys), spans)
     keys = keys[: lims[-1]]
-    return lims, (keys >> np.uint64(40)).astype(np.int64), (keys & np.uint64((1 << 40) - 1)).astype(np.int64)
+    distances = (keys >> np.uint64(_HAMMING_INDEX_BITS)).astype(np.int64)
+    return lims, distances, (keys & np.uint64((1 << _HAMMING_INDEX_BITS) - 1)).astype(np.int64)
 
 
 def argmax_rows(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,8 +265,10 @@ def kmeans_plus_plus(
         raise ValueError("kmeans_plus_plus takes float32 CPU points (n x d)")
     points, norms = points.contiguous(), norms.to(torch.float32).contiguous()
     uniform = uniform.to(torch.float64).contiguous()
-    if uniform.shape[0] != k - 1 or not 0 <= first < len(points):
-        raise ValueError("kmeans_plus_plus needs k - 1 rows of uniforms and a first point among the points")
+    if uniform.shape[0] != k - 1 or not 0 <= first < len(points) or norms.shape != (len(points),):
+        raise ValueError(
+            "kmeans_plus_plus needs one norm per point, k - 1 rows of uniforms and a first point among the points"
+        )
     chosen = torch.empty(k, dtype=torch.int64)
     status = library().dm_kmeans_plus_plus(
         points.data_ptr(), norms.data_ptr(), len(points), points.shape[1], k, uniform.shape[1], first,
