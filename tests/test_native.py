@@ -187,3 +187,18 @@ def test_native_kmeans_plus_plus_takes_the_torch_steps(monkeypatch: pytest.Monke
             patch.setattr(clustering, "native_selection", lambda device: False)
             expected = clustering.kmeans_plus_plus(x, norms, k, torch.Generator().manual_seed(4))
         assert torch.equal(seeds, expected)
+
+
+def test_kmeans_plus_plus_refuses_inputs_it_cannot_read() -> None:
+    if not native.available():
+        pytest.skip("the native kernels could not be built here (no C compiler)")
+    points = torch.randn(10, 3)
+    norms, uniform = (points * points).sum(1), torch.rand(3, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="float32 CPU points"):
+        native.kmeans_plus_plus(points.double(), norms, 4, 0, uniform)
+    with pytest.raises(ValueError, match="one norm per point"):
+        native.kmeans_plus_plus(points, norms[:5], 4, 0, uniform)
+    with pytest.raises(ValueError, match="k - 1 rows"):
+        native.kmeans_plus_plus(points, norms, 5, 0, uniform)
+    with pytest.raises(ValueError, match="first point"):
+        native.kmeans_plus_plus(points, norms, 4, 10, uniform)
