@@ -81,6 +81,22 @@ def test_argmax_rows_equals_torch_max_with_first_index_on_ties() -> None:
     assert native.argmax_rows(block)[1][3] == 0
 
 
+@pytest.mark.parametrize("cols", [1, 2, 7, 8, 9, 203])
+def test_argmax_rows_second_is_the_best_of_the_rest(cols: int) -> None:
+    """The second largest value: the largest of the row once its first maximum is masked (a repeated
+    maximum, in a vector lane or in the scalar tail, comes back as the second; -inf for one column)."""
+    if not native.available():
+        pytest.skip("the native kernels could not be built here (no C compiler)")
+    block = torch.randint(-20, 20, (40, cols)).float()  # many ties
+    block[0] = 3.0
+    block[1, -1] = 100.0  # the maximum in the tail
+    values, indices, seconds = native.argmax_rows(block, second=True)
+    expected_values, expected_indices = block.max(1)
+    masked = block.scatter(1, expected_indices[:, None], -torch.inf)
+    assert torch.equal(values, expected_values) and torch.equal(indices, expected_indices)
+    assert torch.equal(seconds, masked.max(1).values)
+
+
 @pytest.mark.parametrize("largest", [True, False])
 def test_topk_takes_candidates_in_any_order_and_breaks_ties_by_index(largest: bool) -> None:
     """Blocks offered right to left, many exact ties, excluded (infinite) entries and a row with fewer

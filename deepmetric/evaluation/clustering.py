@@ -28,8 +28,9 @@ def _two_nearest(
     ``x.c - ||c||^2 / 2``, which one matrix product gives directly when each point carries an extra 1
     (see :func:`_with_ones`) and each row of ``augmented`` is a centroid with its ``-||c||^2 / 2``. One
     buffer serves every block: a fresh ``rows x k`` allocation per block costs more than its product. On CPU
-    the native :func:`~deepmetric.native.argmax_rows` takes each row's best in one vectorised pass; the
-    second best is the best once the first is masked (``-inf`` where there is a single centroid).
+    the native :func:`~deepmetric.native.argmax_rows` takes each row's best and second best in one
+    vectorised pass; elsewhere the second best is the best once the first is masked (``-inf`` where there
+    is a single centroid).
     """
     count = len(points_with_ones)
     buffer = points_with_ones.new_empty(min(rows, count), len(augmented))
@@ -40,10 +41,14 @@ def _two_nearest(
     for start in range(0, count, rows):
         stop = min(start + rows, count)
         scores = linalg.matmul_into(points_with_ones[start:stop], augmented.T, buffer[: stop - start])
-        first, index = native.argmax_rows(scores) if native_rows else scores.max(1)
+        if native_rows:
+            best[start:stop], assignments[start:stop], second[start:stop] = native.argmax_rows(
+                scores, second=True
+            )
+            continue
+        first, index = scores.max(1)
         best[start:stop], assignments[start:stop] = first, index
-        scores.scatter_(1, index[:, None], -torch.inf)
-        second[start:stop] = (native.argmax_rows(scores) if native_rows else scores.max(1))[0]
+        second[start:stop] = scores.scatter_(1, index[:, None], -torch.inf).max(1).values
     return assignments, best, second
 
 

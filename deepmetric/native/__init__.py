@@ -44,7 +44,7 @@ _SIGNATURES = {
     "dm_topk_columns": [_ptr, _int64, _int64, _int64, _int64, _int64, ctypes.c_float, _int64, _int64]
     + [_ptr] * 3,
     "dm_topk_finish": [_int64, _int64, ctypes.c_float, _int64, _int64, _ptr, _ptr, _ptr, _ptr],
-    "dm_argmax_rows": [_ptr, _int64, _int64, _int64, _ptr, _ptr],
+    "dm_argmax_rows": [_ptr, _int64, _int64, _int64, _ptr, _ptr, _ptr],
     "dm_hamming_radius": [_ptr, _int64, _ptr, _int64, _int64, _int64, _ptr, _ptr, _ptr],
     "dm_kmeans_plus_plus": [_ptr, _ptr, _int64, _int64, _int64, _int64, _int64, _ptr, _ptr],
 }
@@ -234,24 +234,27 @@ def hamming_radius(
     return lims, distances, (keys & np.uint64((1 << _HAMMING_INDEX_BITS) - 1)).astype(np.int64)
 
 
-def argmax_rows(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def argmax_rows(block: torch.Tensor, second: bool = False) -> tuple[torch.Tensor, ...]:
     """``block.max(1)`` of a float32 CPU block with contiguous rows, in one vectorised pass per row:
-    ``(values, indices)``, the first column among equal maxima."""
+    ``(values, indices)``, the first column among equal maxima; with ``second``, also each row's second
+    largest value (the largest again where it occurs twice, ``-inf`` for a single column)."""
     if block.dtype != torch.float32 or block.device.type != "cpu" or block.stride(1) != 1:
         raise ValueError("argmax_rows takes a float32 CPU block with contiguous rows")
     rows, cols = block.shape
     values = torch.empty(rows, dtype=torch.float32)
     indices = torch.empty(rows, dtype=torch.int64)
+    seconds = torch.empty(rows, dtype=torch.float32) if second else None
 
     def run(span: tuple[int, int]) -> None:
         start, stop = span
         library().dm_argmax_rows(
             block[start:stop].data_ptr(), stop - start, cols, block.stride(0),
             values[start:].data_ptr(), indices[start:].data_ptr(),
+            None if seconds is None else seconds[start:].data_ptr(),
         )  # fmt: skip
 
     _run_spans(run, _split(rows, _threads(rows)))
-    return values, indices
+    return (values, indices) if seconds is None else (values, indices, seconds)
 
 
 def kmeans_plus_plus(

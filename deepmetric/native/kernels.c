@@ -551,25 +551,38 @@ int dm_topk_finish(int64_t row0, int64_t rows, float sign, int64_t k, int64_t ca
 
 /* ------------------------------------------------------------------------------ row argmax */
 
-/* The largest entry of each row of a rows x cols block (row stride ld) and its first column. */
+/* The largest entry of each row of a rows x cols block (row stride ld) and its first column; with
+ * out_second, also the second largest (the largest again when it occurs twice, -inf for one column). */
 void dm_argmax_rows(const float *block, int64_t rows, int64_t cols, int64_t ld, float *out_value,
-                    int64_t *out_index) {
+                    int64_t *out_index, float *out_second) {
     for (int64_t r = 0; r < rows; r++) {
         const float *s = block + r * ld;
-        float best = -INFINITY;
+        float best = -INFINITY, second = -INFINITY; /* the two largest values, a tie counting twice */
         int64_t c = 0;
 #ifdef __AVX2__
-        __m256 lanes = _mm256_set1_ps(-INFINITY);
-        for (; c + 8 <= cols; c += 8) lanes = _mm256_max_ps(lanes, _mm256_loadu_ps(s + c));
-        float lane[8];
+        __m256 lanes = _mm256_set1_ps(-INFINITY), seconds = lanes;
+        for (; c + 8 <= cols; c += 8) {
+            const __m256 v = _mm256_loadu_ps(s + c);
+            seconds = _mm256_max_ps(seconds, _mm256_min_ps(lanes, v));
+            lanes = _mm256_max_ps(lanes, v);
+        }
+        float lane[16];
         _mm256_storeu_ps(lane, lanes);
-        for (int i = 0; i < 8; i++) best = lane[i] > best ? lane[i] : best;
+        _mm256_storeu_ps(lane + 8, seconds);
+        for (int i = 0; i < 16; i++) {
+            second = lane[i] > second ? (lane[i] > best ? best : lane[i]) : second;
+            best = lane[i] > best ? lane[i] : best;
+        }
 #endif
-        for (; c < cols; c++) best = s[c] > best ? s[c] : best;
+        for (; c < cols; c++) {
+            second = s[c] > second ? (s[c] > best ? best : s[c]) : second;
+            best = s[c] > best ? s[c] : best;
+        }
         int64_t index = 0;
         while (index < cols - 1 && s[index] != best) index++;
         out_value[r] = best;
         out_index[r] = index;
+        if (out_second) out_second[r] = second;
     }
 }
 
