@@ -1,0 +1,110 @@
+"""``deepmetric embed``, ``evaluate`` and ``report``: what a trained run's model gives."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from deepmetric.cli.common import load_array
+from deepmetric.cli.train import DEMO_METRICS
+from deepmetric.training.config import ConfigError
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from deepmetric.training.config import load_config
+    from deepmetric.training.data import build_data
+    from deepmetric.training.embed import embed_dataset, load_model
+
+    run_dir = Path(args.run)
+    config = load_config(run_dir / "config.yaml")
+    model = load_model(run_dir, args.checkpoint)
+    data = build_data(config, model.backbone, "cpu")
+    folder = run_dir / "embeddings"
+    folder.mkdir(exist_ok=True)
+    for name, dataset in data.evaluation.items():
+        split = config.data.test_split if name == "test" else name
+        embeddings = embed_dataset(
+            model,
+            dataset,
+            batch_size=config.eval.batch_size,
+            features=data.features,
+            binarize=config.eval.binarize,
+        )
+        np.save(folder / f"{split}_embeddings.npy", embeddings)
+        np.save(folder / f"{split}_labels.npy", np.asarray(dataset.labels))
+        print(f"{split}: {embeddings.shape[0]} x {embeddings.shape[1]} -> {folder}/{split}_embeddings.npy")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict[str, float]:
+    from deepmetric.evaluation import evaluate
+
+    if args.embeddings:
+        if args.labels is None:
+            raise ConfigError("--embeddings needs --labels")
+        if (args.gallery_embeddings is None) != (args.gallery_labels is None):
+            raise ConfigError("--gallery-embeddings and --gallery-labels go together")
+        query = load_array(args.embeddings, "embeddings")
+        labels = load_array(args.labels, "labels")
+        gallery = load_array(args.gallery_embeddings, "gallery embeddings")
+        gallery_labels = load_array(args.gallery_labels, "gallery labels")
+        metrics = args.metrics.split(",") if args.metrics else [*DEMO_METRICS, "map@r", "r_precision"]
+        distance = args.distance or "cosine"
+    elif args.run:
+        from deepmetric.training.config import load_config
+
+        run_dir = Path(args.run)
+        config = load_config(run_dir / "config.yaml")
+        folder = run_dir / "embeddings"
+        names = (config.data.test_split, None) if config.data.gallery_split is None else ("query", "gallery")
+        if not (folder / f"{names[0]}_embeddings.npy").exists():
+            raise FileNotFoundError(
+                f"no saved embeddings in {folder}; run `deepmetric embed {run_dir}` first"
+            )
+        query = np.load(folder / f"{names[0]}_embeddings.npy")
+        labels = np.load(folder / f"{names[0]}_labels.npy")
+        gallery = np.load(folder / "gallery_embeddings.npy") if names[1] else None
+        gallery_labels = np.load(folder / "gallery_labels.npy") if names[1] else None
+        metrics = args.metrics.split(",") if args.metrics else config.eval.metrics
+        distance = args.distance or config.eval.distance
+    else:
+        raise ConfigError("give a RUN folder or --embeddings E.npy --labels L.npy")
+    results = evaluate(query, labels, gallery, gallery_labels, metrics=metrics, distance=distance)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for key, value in results.items():
+            print(f"{key:>16s}  {value:.4f}")
+    return results
+
+
+def cmd_report(args: argparse.Namespace) -> Path:
+    from deepmetric.viz.report import write_report
+
+    path = write_report(Path(args.run))
+    print(f"report: {path}")
+    return path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="embed the evaluation splits with a trained run's model")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--checkpoint", default="auto", choices=["auto", "best", "last"])
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("evaluate", help="evaluate a run's embeddings or saved .npy embeddings")
+    p.add_argument("run", nargs="?", help="run folder")
+    p.add_argument("--embeddings", help="query (or leave-one-out) embeddings .npy")
+    p.add_argument("--labels", help="labels .npy for --embeddings")
+    p.add_argument("--gallery-embeddings", help="gallery embeddings .npy (query/gallery protocol)")
+    p.add_argument("--gallery-labels", help="gallery labels .npy")
+    p.add_argument("--metrics", help="comma-separated metric names, e.g. recall@1,map@r,nmi")
+    p.add_argument("--distance", help="cosine, dot, euclidean or squared_euclidean")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="write report.html for a run folder")
+    p.add_argument("run", help="run folder")
+    p.set_defaults(func=cmd_report)
