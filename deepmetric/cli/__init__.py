@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
+from pathlib import Path
 
 from deepmetric.cli.common import demo_config_path
 from deepmetric.training.config import ConfigError
@@ -20,10 +22,15 @@ COMMAND_MODULES = ("train", "evaluate", "bench", "listing")
 __all__ = ["build_parser", "demo_config_path", "main"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one ``error:`` line (exit status 2), like every other error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="deepmetric", description="Deep metric learning and image retrieval."
-    )
+    parser = Parser(prog="deepmetric", description="Deep metric learning and image retrieval.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
@@ -31,9 +38,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, taking ``key=value`` overrides anywhere on the line (also after options such as
+    ``--out``, where argparse would refuse them), for the commands that accept overrides."""
+    args, extra = parser.parse_known_args(argv)
+    if not hasattr(args, "overrides"):
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
+    # ``train --out RUN a=b`` (no CONFIG) puts the first override in the CONFIG slot
+    config = getattr(args, "config", None)
+    if config is not None and is_override(config):
+        args.config, args.overrides = None, [config, *args.overrides]
+    unknown = [token for token in extra if not is_override(token)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def is_override(token: str) -> bool:
+    """``section.key=value`` (a file name holding ``=`` is not taken for one when it exists)."""
+    key = token.split("=", 1)[0]
+    return "=" in token and not token.startswith("-") and "/" not in key and not Path(token).exists()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         args.func(args)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, OSError, KeyboardInterrupt) as error:

@@ -320,9 +320,25 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
+    """Read a YAML config (or the defaults when ``path`` is None), apply overrides, validate.
+
+    A relative ``data.root`` in the file is relative to the file's folder, one given as an override to
+    the current directory; both are made absolute, so that the config saved in a run folder reads the
+    same data from any directory.
+    """
     values = load_yaml(path) if path is not None else {}
-    return from_dict(apply_overrides(values, list(overrides or [])))
+    if path is not None:
+        _absolute_root(values, Path(path).parent)
+    values = apply_overrides(values, list(overrides or []))
+    _absolute_root(values, Path.cwd())
+    return from_dict(values)
+
+
+def _absolute_root(values: dict[str, Any], base: Path) -> None:
+    data = values.get("data")
+    if isinstance(data, dict) and isinstance(data.get("root"), str) and data["root"].strip():
+        root = Path(data["root"]).expanduser()
+        data["root"] = str(root if root.is_absolute() else (base / root).resolve())
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:

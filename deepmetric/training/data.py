@@ -21,7 +21,7 @@ import torch
 from deepmetric.data import get_dataset, subset
 from deepmetric.data.transforms import build_transform
 from deepmetric.models import Backbone
-from deepmetric.training.config import ExperimentConfig
+from deepmetric.training.config import ConfigError, ExperimentConfig
 
 
 @dataclass
@@ -65,6 +65,26 @@ def per_class_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
     return np.sort(np.concatenate(chosen))
 
 
+def check_sampler(config: ExperimentConfig, labels: np.ndarray) -> None:
+    """The training classes must fill the configured batches: ``sampler.classes_per_batch`` classes (P x K
+    batches), at least 2 classes for pairs/triplets, and some class with 2 samples (a positive pair)."""
+    sampler = config.sampler
+    if config.train.iterations == 0:  # evaluation only: no batch is drawn
+        return
+    classes, counts = np.unique(labels, return_counts=True)
+    where = f"split {config.data.train_split!r} of {config.data.root or config.data.name}"
+    where += " (less data.validation_classes)" if config.data.validation_classes > 0 else ""
+    needed = sampler.classes_per_batch if sampler.mode == "pk" else 2
+    if len(classes) < needed:
+        key = "sampler.classes_per_batch" if sampler.mode == "pk" else "sampler.mode"
+        raise ConfigError(
+            f"{key}: {where} has {len(classes)} training classes but a batch needs {needed}; "
+            "lower it or add classes"
+        )
+    if len(counts) and counts.max() < 2:
+        raise ConfigError(f"{where}: every training class has one image, so no batch holds a positive pair")
+
+
 def evaluation_splits(config: ExperimentConfig) -> dict[str, str]:
     """Protocol name -> dataset split name."""
     data = config.data
@@ -84,6 +104,12 @@ def build_data(config: ExperimentConfig, backbone: Backbone, device: torch.devic
         return get_dataset(data.name, root=data.root, split=split, transform=transform, **data.options)
 
     train = load(data.train_split, eval_transform if frozen else train_transform)
+    labels = np.asarray(train.labels)
+    held_out = None
+    if data.validation_classes > 0:
+        held_out = split_validation_classes(labels, data.validation_classes, config.seed)
+    # before any slow work (feature extraction, training): can the sampler draw batches at all?
+    check_sampler(config, labels if held_out is None else labels[~held_out])
     evaluation = {name: load(split, eval_transform) for name, split in evaluation_splits(config).items()}
     validation_source = train
     if frozen:
@@ -97,10 +123,8 @@ def build_data(config: ExperimentConfig, backbone: Backbone, device: torch.devic
         keep = per_class_sample(np.asarray(evaluation[queries].labels), data.query_per_class, config.seed)
         evaluation[queries] = subset(evaluation[queries], keep)
 
-    labels = np.asarray(train.labels)
     validation = None
-    if data.validation_classes > 0:
-        held_out = split_validation_classes(labels, data.validation_classes, config.seed)
+    if held_out is not None:
         validation = subset(validation_source, held_out)
         train = subset(train, ~held_out)
         labels = labels[~held_out]
