@@ -14,6 +14,7 @@ import typing
 from pathlib import Path
 
 from deepmetric.cli.common import demo_config_path
+from deepmetric.extras import MissingDependencyError
 from deepmetric.training.config import ConfigError
 
 # Order of the commands in ``deepmetric --help``.
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv)
     try:
         args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, OSError, KeyboardInterrupt) as error:
+    except (ConfigError, ValueError, OSError, MissingDependencyError, KeyboardInterrupt) as error:
         if args.debug:
             raise
         if isinstance(error, KeyboardInterrupt):

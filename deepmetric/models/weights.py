@@ -44,8 +44,12 @@ def load_weights(model: nn.Module, path: str | Path, optional_prefixes: tuple[st
         )
 
 
-def download_failed(name: str, error: Exception) -> RuntimeError:
-    return RuntimeError(
+class DownloadError(OSError, RuntimeError):
+    """Pretrained weights could not be downloaded (an OSError, so the CLI reports it in one line)."""
+
+
+def download_failed(name: str, error: Exception) -> DownloadError:
+    return DownloadError(
         f"could not download the pretrained weights of {name} ({type(error).__name__}: {error}). "
         f"Without internet, pass a local file instead: weights=PATH (model.weights in a config)"
     )

@@ -358,6 +358,47 @@ def _check_component(kind: str, component: ComponentConfig, registry: Any, provi
         if key not in accepted or key in provided:
             known = sorted(set(accepted) - provided)
             raise _unknown_key(key, known, kind)
+    _check_param_types(kind, component, accepted)
+
+
+# Annotations that a config value can be checked against (constructors spell them as strings).
+_SIMPLE_TYPES = {
+    "float": "a number",
+    "int": "an integer",
+    "bool": "true or false",
+    "str": "a string",
+    "None": "null",
+}
+
+
+def _matches(value: Any, type_name: str) -> bool:
+    if type_name == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if type_name == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, {"bool": bool, "str": str, "None": type(None)}[type_name])
+
+
+def _check_param_types(kind: str, component: ComponentConfig, accepted: dict[str, Any]) -> None:
+    """Values of constructor parameters annotated with simple types (``float``, ``int | None``, ...) must
+    have that type, so that ``loss.alpha=abc`` is refused here and not deep inside the first step."""
+    for key, value in component.params.items():
+        parameter = accepted[key]
+        annotation = parameter.annotation
+        if annotation is parameter.empty:
+            default = parameter.default
+            annotation = type(default).__name__ if isinstance(default, (bool, int, float, str)) else ""
+        names = [part.strip() for part in str(annotation).split("|")]
+        if not all(name in _SIMPLE_TYPES for name in names) or any(_matches(value, n) for n in names):
+            continue  # an annotation it cannot check (e.g. str | Distance), or a match
+        if "float" in names and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                component.params[key] = float(value)
+                continue
+            except ValueError:
+                pass
+        expected = " or ".join(_SIMPLE_TYPES[n] for n in names)
+        raise ConfigError(f"{kind}.{key}: expected {expected}, got {value!r}")
 
 
 def _positive(value: float, key: str, allow_zero: bool = False) -> None:
