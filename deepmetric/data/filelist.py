@@ -5,7 +5,8 @@ Paths are relative to the list file's folder (absolute paths are kept). The deli
 ``.tsv`` files or when the first line holds one, a comma otherwise. The first row is a header when its
 cells are column names (``path``/``image``/``file``/``filename`` and ``label``/``class``/``target``/
 ``class_name``, optionally ``split``); ``header=True/False`` forces it. Without a header the columns are
-path, label[, split]. Labels may be integers or names; they are remapped to ``0..C-1`` in sorted order
+path, label[, split]. Labels may be integers or names (an empty, ``nan`` or ``null`` label is refused: a missing value, not a
+class); they are remapped to ``0..C-1`` in sorted order
 (numeric for integers) and the originals kept as ``class_names``.
 
 Split of a single file: rows whose ``split`` column equals ``split`` when the file has one, otherwise
@@ -25,6 +26,8 @@ from deepmetric.data.splits import check_root, class_disjoint_half, find_file, r
 PATH_COLUMNS = ("path", "image", "image_path", "file", "filename", "filepath")
 LABEL_COLUMNS = ("label", "class", "class_id", "class_name", "target")
 LIST_SUFFIXES = (".csv", ".tsv", ".txt")
+# How spreadsheets and pandas write a missing value; never a class.
+MISSING_LABELS = ("", "nan", "none", "null", "na", "n/a")
 
 
 def _is_header(row: list[str]) -> bool:
@@ -77,9 +80,17 @@ class ImageList(ImageFileDataset):
         if not has_header and len(rows[0]) >= 3:
             split_column = 2
         rows = rows[1:] if has_header else rows
+        if not rows:
+            raise ValueError(f"{list_file} has a header row but no image rows")
         for number, row in enumerate(rows, start=2 if has_header else 1):
             if len(row) <= max(path_column, label_column, split_column or 0):
                 raise ValueError(f"{list_file}:{number}: expected path and label columns, got {row}")
+            if row[label_column].strip().lower() in MISSING_LABELS:
+                raise ValueError(
+                    f"{list_file}:{number}: missing label {row[label_column]!r} for {row[path_column]!r}"
+                )
+            if not row[path_column].strip():
+                raise ValueError(f"{list_file}:{number}: empty image path")
         if own_file:
             chosen = rows
         elif split_column is not None:
@@ -97,6 +108,8 @@ class ImageList(ImageFileDataset):
             raise ValueError(
                 f"{list_file} has no split column; split must be 'train', 'test' or 'all': {split!r}"
             )
+        if not chosen:
+            raise ValueError(f"{list_file}: split {split!r} holds no rows (too few classes to split in two?)")
         labels, classes = remap_labels(_class_sort_key([row[label_column].strip() for row in chosen]))
         paths = [list_file.parent / row[path_column].strip() for row in chosen]
         super().__init__(paths, labels, [str(c) for c in classes], transform)
