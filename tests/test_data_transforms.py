@@ -18,7 +18,7 @@ def rgb_image(width: int = 300, height: int = 260, seed: int = 0) -> Image.Image
 
 
 def test_digits_with_small_cnn_spec_evaluation_upsamples_to_16():
-    spec = build_backbone("small_cnn").input_spec
+    spec = build_backbone("small_cnn", image_size=16).input_spec
     image, _ = Digits(split="train")[0]
     assert image.size == (8, 8) and image.mode == "L"
     tensor = build_transform(spec, train=False)(image)
@@ -30,7 +30,7 @@ def test_digits_with_small_cnn_spec_evaluation_upsamples_to_16():
 
 
 def test_digits_train_transforms_run_through_the_model():
-    backbone = build_backbone("small_cnn")
+    backbone = build_backbone("small_cnn", image_size=16)
     dataset = Digits(split="train", transform=build_transform(backbone.input_spec, train=True))
     torch.manual_seed(0)
     batch = torch.stack([dataset[i][0] for i in range(4)])

@@ -54,10 +54,20 @@ def small_cnn(
     pretrained: bool = False,
     weights: str | None = None,
     in_channels: int = 1,
-    image_size: int = 16,
+    image_size: int = 28,
     width: int = 32,
 ) -> Backbone:
-    """A small convolutional network for tiny grey images (the demo's 8x8 digits, MNIST-sized inputs)."""
+    """A small convolutional network for tiny grey images (MNIST-sized inputs, the demo's 8x8 digits).
+
+    Images are resized to ``image_size`` x ``image_size`` (default 28, MNIST's and Fashion-MNIST's own size,
+    so they pass unchanged; the demo upsamples its 8x8 digits to 16). Layers: two 3x3 convolutions of
+    ``width`` channels, a 2x2 max-pool, then a 3x3 convolution of ``2 * width`` channels (the width
+    doubles in the third block), each followed by BatchNorm and ReLU: the feature map has ``2 * width``
+    channels (``feature_dim``) and ``image_size / 2`` pixels a side.
+    """
+    for name, value in (("in_channels", in_channels), ("image_size", image_size), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"small_cnn: {name} must be a positive integer, got {value!r}")
     if pretrained or weights:
         raise ValueError("small_cnn has no pretrained weights; set model.pretrained=false")
     body = nn.Sequential(
