@@ -175,11 +175,30 @@ class Index:
         directory = Path(directory)
         if not (directory / METADATA_FILE).exists():
             raise ValueError(f"{directory} holds no index ({METADATA_FILE} is missing)")
-        metadata = json.loads((directory / METADATA_FILE).read_text())
+        try:
+            metadata = json.loads((directory / METADATA_FILE).read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ValueError(f"{directory / METADATA_FILE} is not valid JSON: {error}") from None
+        if not isinstance(metadata, dict):
+            raise ValueError(f"{directory / METADATA_FILE}: expected a JSON object")
         if metadata.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{directory}: unsupported index format {metadata.get('format_version')!r}")
+        missing = [
+            key
+            for key in ("dim", "distance", "backend", "backend_params", "count", "ids")
+            if key not in metadata
+        ]
+        if missing:
+            raise ValueError(f"{directory / METADATA_FILE} lacks {missing}")
         index = cls(metadata["dim"], metadata["distance"], metadata["backend"], **metadata["backend_params"])
-        vectors = np.load(directory / VECTORS_FILE)
+        if not (directory / VECTORS_FILE).is_file():
+            raise FileNotFoundError(
+                f"{directory} holds no {VECTORS_FILE}: the index was not saved completely"
+            )
+        try:
+            vectors = np.load(directory / VECTORS_FILE, allow_pickle=False)
+        except ValueError as error:
+            raise ValueError(f"cannot read {directory / VECTORS_FILE}: {error}") from None
         if vectors.shape != (metadata["count"], metadata["dim"]) or len(metadata["ids"]) != metadata["count"]:
             raise ValueError(f"{directory}: vectors, ids and metadata disagree on the index size")
         index.backend.load(directory, vectors)

@@ -65,7 +65,16 @@ def load_model(
     state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=device)
     config.model.pretrained, config.model.weights = False, None
     model = build_model(config)
-    model.load_state_dict(state["model"])
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ValueError(f"{path} is not a deepmetric checkpoint (no model weights in it)")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:  # missing/unexpected keys, shape mismatches
+        reason = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise ValueError(
+            f"{path} does not fit the model of {run_dir / 'config.yaml'} (another config's checkpoint?): {reason}"
+        ) from error
     return model.to(device).eval()
 
 
