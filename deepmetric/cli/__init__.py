@@ -52,8 +52,12 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     if config is not None and is_override(config):
         args.config, args.overrides = None, [config, *args.overrides]
     unknown = [token for token in extra if not is_override(token)]
-    if unknown:
+    if any(token.startswith("-") for token in unknown):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:
+        parser.error(
+            f"unrecognized argument {unknown[0]!r}: overrides look like key=value (e.g. loss.margin=0.2)"
+        )
     args.overrides = [*args.overrides, *extra]
     return args
 

@@ -23,8 +23,11 @@ def load_array(path: str | None, what: str) -> np.ndarray | None:
         return None
     if not Path(path).is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
+    with open(path, "rb") as handle:
+        if handle.read(6) != b"\x93NUMPY":
+            raise ValueError(f"{what} file {path} is not a .npy array (write it with numpy.save)")
     try:
-        return np.load(path)
+        return np.load(path, allow_pickle=False)
     except Exception as error:
         raise OSError(f"cannot read {what} file {path}: {error}") from error
 

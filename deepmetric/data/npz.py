@@ -48,12 +48,13 @@ def split_entry(entry: str | dict, split: str) -> tuple[str, str]:
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list | None]:
     """``images`` (uint8), integer ``labels`` and ``class_names`` (or None) of an .npz file, checked."""
+    with open(path, "rb") as handle:
+        if handle.read(2) != b"PK":  # .npz files are zip archives
+            raise ValueError(f"{path} is not an .npz archive (write it with numpy.savez)")
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as error:  # zipfile, numpy and OS errors for files that are not .npz archives
         raise OSError(f"cannot read npz file {path}: {error}") from error
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} is a single .npy array, not an .npz archive with images and labels")
     with archive:
         missing = [key for key in ("images", "labels") if key not in archive.files]
         if missing:
