@@ -68,8 +68,10 @@ class ImageList(ImageFileDataset):
         self.root, self.split = base, split  # identify the dataset in feature caches
         own_file = base.is_dir()
         list_file = find_file("csv", [base / f"{split}{s}" for s in LIST_SUFFIXES]) if own_file else base
-        with list_file.open(encoding="utf-8", newline="") as handle:
-            text = handle.read()
+        try:  # utf-8-sig: spreadsheets start their CSV files with a byte-order mark
+            text = list_file.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{list_file} is not UTF-8 text: {error}") from None
         first_line = text.split("\n", 1)[0]
         delimiter = "\t" if list_file.suffix == ".tsv" or "\t" in first_line else ","
         rows = [row for row in csv.reader(text.splitlines(), delimiter=delimiter) if "".join(row).strip()]

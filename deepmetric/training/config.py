@@ -337,7 +337,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def _absolute_root(values: dict[str, Any], base: Path) -> None:
     data = values.get("data")
     if isinstance(data, dict) and isinstance(data.get("root"), str) and data["root"].strip():
-        root = Path(data["root"]).expanduser()
+        try:
+            root = Path(data["root"]).expanduser()
+        except RuntimeError as error:  # ~user of an unknown user
+            raise ConfigError(f"data.root: cannot expand {data['root']!r}: {error}") from None
         data["root"] = str(root if root.is_absolute() else (base / root).resolve())
 
 
