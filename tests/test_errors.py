@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -461,7 +462,20 @@ def test_bad_input_gives_one_line_and_changes_nothing(case, tmp_path, monkeypatc
         return
     documented = read_table().get(case.id)
     assert documented is not None, f"docs/errors.md has no row {case.id!r}"
-    assert documented == (case.area, command_text(case), message.replace("|", "\\|"))
+    area, command, shown = documented
+    assert (area, command, stable(shown)) == (
+        case.area,
+        command_text(case),
+        stable(message.replace("|", "\\|")),
+    )
+
+
+# Lists of names (commands, datasets, metrics) grow as the project does: the table is checked up to them.
+OPEN_LISTS = re.compile(r"(\(choose from|; choose one of|; known metrics:).*")
+
+
+def stable(message: str) -> str:
+    return OPEN_LISTS.sub("", message)
 
 
 MESSAGES: dict[str, str] = {}
