@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-import deepmetric.hashing  # noqa: F401  (registers the hashing losses)
 from deepmetric import losses
 from deepmetric.cli import demo_config_path
 from deepmetric.training import load_config, train

@@ -34,6 +34,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from deepmetric.data.pairs import TupleBatchSampler
+from deepmetric.registry import Registry
+
+# Batch samplers by name (``sampler.mode`` in a config): functions of the training labels, the settings they
+# use among ``classes_per_batch``, ``samples_per_class``, ``tuples_per_batch``, and ``seed``.
+SAMPLERS = Registry("sampler")
+
 
 class PKSampler(torch.utils.data.Sampler[list[int]]):
     """Batch sampler yielding lists of ``classes_per_batch * samples_per_class`` dataset indices.
@@ -192,3 +199,29 @@ def _as_label_array(labels: Sequence[int] | np.ndarray | torch.Tensor) -> np.nda
     if not np.issubdtype(array.dtype, np.integer) and not whole_floats:
         raise ValueError(f"labels must be integer class ids, got dtype {array.dtype}")
     return array.astype(np.int64)
+
+
+@SAMPLERS.register("pk")
+def pk_batches(
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    classes_per_batch: int,
+    samples_per_class: int,
+    seed: int = 0,
+) -> PKSampler:
+    return PKSampler(labels, classes_per_batch, samples_per_class, seed=seed)
+
+
+@SAMPLERS.register("pairs")
+def pair_batches(
+    labels: Sequence[int] | np.ndarray | torch.Tensor, tuples_per_batch: int, seed: int = 0
+) -> TupleBatchSampler:
+    """Random balanced pairs (:class:`deepmetric.data.pairs.TupleBatchSampler`)."""
+    return TupleBatchSampler(labels, "pairs", tuples_per_batch, seed=seed)
+
+
+@SAMPLERS.register("triplets")
+def triplet_batches(
+    labels: Sequence[int] | np.ndarray | torch.Tensor, tuples_per_batch: int, seed: int = 0
+) -> TupleBatchSampler:
+    """Random triplets (:class:`deepmetric.data.pairs.TupleBatchSampler`)."""
+    return TupleBatchSampler(labels, "triplets", tuples_per_batch, seed=seed)

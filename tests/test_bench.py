@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import yaml
 
-from deepmetric.benchmarking import expand_grid, run_suite, suite_from_dict
-from deepmetric.benchmarking.report import build_rows, csv_table, markdown_table
-from deepmetric.benchmarking.runner import run_one
-from deepmetric.benchmarking.selection import run_selection
-from deepmetric.benchmarking.suite import merge, point_dirname
+from deepmetric.suites import expand_grid, run_suite, suite_from_dict
+from deepmetric.suites.report import build_rows, csv_table, markdown_table
+from deepmetric.suites.runner import run_one
+from deepmetric.suites.selection import run_selection
+from deepmetric.suites.suite import merge, point_dirname
 from deepmetric.training import Trainer
 from deepmetric.training.config import ConfigError
 
@@ -203,7 +203,7 @@ def test_pml_adapter_matches_pml_and_trains():
     from pytorch_metric_learning import miners as pml_miners
 
     from deepmetric import losses, miners
-    from deepmetric.benchmarking.pml import register_pml
+    from deepmetric.suites.pml import register_pml
 
     names = register_pml()
     assert "pml:ContrastiveLoss" in names and "pml:TripletMarginMiner" in names

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-import deepmetric.hashing  # noqa: F401  (registers the hashing losses)
 from deepmetric import losses
 from deepmetric.hashing import AlphaSchedule, HashHead, HashingLoss
 from deepmetric.models.backbones import build_backbone

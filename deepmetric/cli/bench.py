@@ -11,7 +11,7 @@ from deepmetric.training.config import ConfigError
 
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run a benchmark suite and write its results table."""
-    from deepmetric.benchmarking import run_suite
+    from deepmetric.suites import run_suite
 
     seeds = comma_list(args.seeds)
     try:

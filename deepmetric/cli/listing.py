@@ -1,30 +1,67 @@
-"""``deepmetric list``: what can be named in a config."""
+"""``deepmetric list [KIND]``: every name a config (or an index) can use, kind by kind.
+
+Each kind is read from the registry or table of the module that owns it, so a newly registered loss,
+backbone or backend shows up here without touching this file.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-KINDS = ("losses", "miners", "datasets", "backbones")
+KINDS = (
+    "losses",
+    "miners",
+    "metrics",
+    "datasets",
+    "backbones",
+    "heads",
+    "poolings",
+    "optimizers",
+    "schedules",
+    "samplers",
+    "backends",
+    "distances",
+    "augmentations",
+)
 
 
-def registries() -> dict:
-    from deepmetric import data, losses, miners, models
+def catalogue() -> dict[str, list[str]]:
+    """Kind -> its names, in the order of :data:`KINDS`."""
+    from deepmetric import data, losses, miners, models, retrieval, samplers
+    from deepmetric.data.transforms import AUGMENTATIONS
+    from deepmetric.distances import DISTANCES
+    from deepmetric.evaluation import metrics
+    from deepmetric.training.optim import OPTIMIZERS, SCHEDULES
 
+    # metric names are patterns (recall@K); a metrics registry, where evaluation has one, lists its own
+    metric_registry = getattr(metrics, "METRICS", None)
+    metric_names = metrics.METRIC_NAMES.split(", ") if metric_registry is None else metric_registry.names()
     return {
-        "losses": losses.LOSSES,
-        "miners": miners.MINERS,
-        "datasets": data.DATASETS,
-        "backbones": models.BACKBONES,
+        "losses": losses.LOSSES.names(),
+        "miners": miners.MINERS.names(),
+        "metrics": metric_names,
+        "datasets": data.DATASETS.names(),
+        "backbones": models.BACKBONES.names(),
+        "heads": models.HEADS.names(),
+        "poolings": list(models.POOLINGS),
+        "optimizers": OPTIMIZERS.names(),
+        "schedules": SCHEDULES.names(),
+        "samplers": samplers.SAMPLERS.names(),
+        "backends": retrieval.SEARCH_BACKENDS.names(),
+        "distances": sorted(DISTANCES),
+        "augmentations": list(AUGMENTATIONS),
     }
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    found = registries()
-    for kind in [args.kind] if args.kind else found:
-        print(f"{kind}: {', '.join(found[kind].names())}")
+    found = catalogue()
+    for kind in [args.kind] if args.kind else KINDS:
+        print(f"{kind}: {', '.join(found[kind])}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list the registered losses, miners, datasets and backbones")
-    p.add_argument("kind", nargs="?", choices=KINDS)
+    p = sub.add_parser(
+        "list", help="list what can be named: losses, miners, metrics, datasets, backbones, ..."
+    )
+    p.add_argument("kind", nargs="?", choices=KINDS, help="one kind only (default: all)")
     p.set_defaults(func=cmd_list)

@@ -1,4 +1,4 @@
-"""Image transforms that match a backbone's :class:`~deepmetric.models.backbones.InputSpec`.
+"""Image transforms that match a backbone's :class:`~deepmetric.data.spec.InputSpec`.
 
 ``build_transform(spec, train)`` turns a PIL image into the tensor the backbone expects:
 
@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from deepmetric.models.backbones import InputSpec
+from deepmetric.data.spec import InputSpec
 
 AUGMENTATIONS = ("standard", "light", "none")
 

@@ -41,7 +41,7 @@ def _positive_lists(positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return columns, positives.gather(1, columns)
 
 
-class _BatchAllTriplet(torch.autograd.Function):
+class BatchAllTriplet(torch.autograd.Function):
     """Reduced batch-all triplet loss as a function of the distance matrix.
 
     Forward sums the loss over all valid triplets chunk by chunk and, in the same pass, accumulates
@@ -126,7 +126,7 @@ class TripletLoss(MetricLoss):
         sign = -1.0 if self.distance.is_similarity else 1.0
         if indices is None and self.reduction != "none":
             positives, negatives = self.masks(labels, None, ref_labels)
-            return _BatchAllTriplet.apply(
+            return BatchAllTriplet.apply(
                 dist, positives, negatives, self.margin, sign, self.soft, self.reduction
             )
         if indices is None:

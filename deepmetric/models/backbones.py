@@ -7,30 +7,13 @@ transforms always match the network they feed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from deepmetric.data.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec  # noqa: F401  (re-exported)
 from deepmetric.registry import Registry
 
 BACKBONES = Registry("backbone")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How images must look for a backbone: resized to ``resize_size``, centre-cropped to ``image_size``."""
-
-    image_size: int = 224
-    resize_size: int = 256
-    channels: int = 3
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    scale_255: bool = False  # inputs in 0..255 instead of 0..1 (BN-Inception's convention)
-    bgr: bool = False  # channel order BGR instead of RGB
 
 
 class Backbone(nn.Module):

@@ -6,6 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepmetric.registry import Registry
+
+# Heads by name (``model.head`` in a config): constructors taking ``in_features`` first, then keywords.
+HEADS = Registry("head")
 POOLINGS = ("avg", "max", "gem", "avg+max")
 
 
@@ -35,6 +39,7 @@ def pool(x: torch.Tensor, pooling: str, gem: GeM | None = None) -> torch.Tensor:
     raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLINGS)}")
 
 
+@HEADS.register("embedding")
 class EmbeddingHead(nn.Module):
     """Features (a map or a vector) -> embedding.
 

@@ -8,13 +8,16 @@ what makes Hamming search and the evaluation engine's ranking fast on a CPU.
 The source is compiled on first use with the system C compiler (``$CC``, else ``cc``), for this very CPU
 (``-march=native``), into a cache folder (``$DEEPMETRIC_CACHE``, else ``~/.cache/deepmetric``) under a
 name that hashes the source, the flags and the CPU's features, and loaded with ctypes; later runs load the
-cached library. Without a compiler (or with ``DEEPMETRIC_NATIVE=0``) :func:`available` is False, a
+cached library. The build holds an exclusive file lock (``flock`` on ``kernels-<key>.lock`` next to the
+library), so processes that start together (torchrun ranks, data-loader workers) compile it once: the
+others wait for the lock and load the result. Without a compiler (or with ``DEEPMETRIC_NATIVE=0``) :func:`available` is False, a
 warning says so once, and every caller falls back to its numpy/torch path, which gives the same results.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import os
 import platform
@@ -93,17 +96,21 @@ def _compile(compiler: str, flags: list[str]) -> Path:
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join([compiler, *flags, _cpu_features()]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"kernels-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            built = Path(tmp) / target.name
-            subprocess.run(
-                [compiler, *flags, str(_SOURCE), "-o", str(built), "-lm"],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            os.replace(built, target)  # atomic: concurrent processes never load a half-written file
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if not target.exists():  # built by the process that held the lock before this one
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                built = Path(tmp) / target.name
+                subprocess.run(
+                    [compiler, *flags, str(_SOURCE), "-o", str(built), "-lm"],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                os.replace(built, target)  # atomic: a reader that skips the lock never sees half a file
     return target
 
 

@@ -9,6 +9,7 @@ themselves in :data:`SEARCH_BACKENDS` and are picked by name: ``Index(..., backe
 * ``faiss_flat``: exact faiss search; ``faiss_ivf``: inverted lists (``nlist``, ``nprobe``), trained on
   the first vectors added; ``faiss_hnsw``: HNSW graph (``m``, ``ef_search``). The faiss backends need
   ``faiss`` installed and support ``cosine``, ``dot``, ``euclidean`` and ``squared_euclidean``.
+* ``hamming``: exact Hamming search over the vectors' binary codes (:mod:`deepmetric.retrieval.hamming`).
 """
 
 from __future__ import annotations

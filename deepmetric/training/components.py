@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import inspect
-import math
+from typing import Any
 
 import numpy as np
 import torch
 
 from deepmetric import losses, miners
 from deepmetric.data.pairs import TupleBatchSampler, tuple_indices
-from deepmetric.hashing import HashHead
 from deepmetric.masks import PairIndices, TripletIndices
-from deepmetric.models import Backbone, EmbeddingHead, EmbeddingModel, build_backbone
+from deepmetric.models import HEADS, Backbone, EmbeddingModel, build_backbone
 from deepmetric.models.ensemble import build_ensemble, meta_class_partitions
-from deepmetric.samplers import PKSampler
+from deepmetric.registry import Registry
+from deepmetric.samplers import SAMPLERS, PKSampler
 from deepmetric.training.config import ConfigError, ExperimentConfig, SamplerConfig
+from deepmetric.training.optim import OPTIMIZERS, SCHEDULES
 
-# Loss constructor arguments the trainer fills in from the data and the model, never from the config
-# (``partitions``: the meta-class table of an ensemble's learners, drawn from the seed).
-PROVIDED_LOSS_ARGS = {"num_classes", "embedding_size", "partitions"}
+
+def build_named(registry: Registry, name: str, *args: Any, **settings: Any) -> Any:
+    """Build ``name`` from ``registry`` with those of ``settings`` its constructor declares: one config
+    section serves every choice (e.g. ``optimizer.momentum`` is read by sgd only)."""
+    accepted = registry.parameters(name)
+    return registry.lookup(name)(*args, **{k: v for k, v in settings.items() if k in accepted})
 
 
 def build_model(config: ExperimentConfig) -> EmbeddingModel:
@@ -35,18 +39,17 @@ def build_model(config: ExperimentConfig) -> EmbeddingModel:
             **model_config.backbone_options,
         )
 
-    def head(in_features: int) -> EmbeddingHead | HashHead:
-        if model_config.head == "hash":  # K-bit relaxed binary codes, K = embedding_size
-            return HashHead(
-                in_features, model_config.embedding_size, model_config.hash_activation, model_config.pooling
-            )
-        return EmbeddingHead(
+    def head(in_features: int) -> torch.nn.Module:
+        return build_named(
+            HEADS,
+            model_config.head,
             in_features,
             embedding_size=model_config.embedding_size,
             pooling=model_config.pooling,
             batchnorm=model_config.batchnorm,
             normalize=model_config.normalize,
             dropout=model_config.dropout,
+            activation=model_config.hash_activation,
         )
 
     if config.ensemble is not None:
@@ -71,9 +74,15 @@ def build_loss(config: ExperimentConfig, num_classes: int, embedding_size: int) 
 def build_batch_sampler(config: ExperimentConfig, labels: np.ndarray) -> PKSampler | TupleBatchSampler:
     """P x K batches (``sampler.mode: pk``), or batches of random pairs or triplets."""
     sampler = config.sampler
-    if sampler.mode == "pk":
-        return PKSampler(labels, sampler.classes_per_batch, sampler.samples_per_class, seed=config.seed)
-    return TupleBatchSampler(labels, sampler.mode, sampler.tuples_per_batch, seed=config.seed)
+    return build_named(
+        SAMPLERS,
+        sampler.mode,
+        labels,
+        classes_per_batch=sampler.classes_per_batch,
+        samples_per_class=sampler.samples_per_class,
+        tuples_per_batch=sampler.tuples_per_batch,
+        seed=config.seed,
+    )
 
 
 def batch_indices(sampler: SamplerConfig, labels: torch.Tensor) -> PairIndices | TripletIndices | None:
@@ -110,11 +119,9 @@ def build_optimizer(
         # An evaluation-only run (e.g. the untrained baseline) keeps an optimizer with nothing to update,
         # so that checkpoints and resumption work as for any other run.
         groups.append({"params": [], "lr": opt.lr})
-    if opt.name == "adam":
-        return torch.optim.Adam(groups, lr=opt.lr, weight_decay=opt.weight_decay)
-    if opt.name == "adamw":
-        return torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
-    return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    return build_named(
+        OPTIMIZERS, opt.name, groups, lr=opt.lr, weight_decay=opt.weight_decay, momentum=opt.momentum
+    )
 
 
 def lr_factor(config: ExperimentConfig, iteration: int) -> float:
@@ -122,16 +129,16 @@ def lr_factor(config: ExperimentConfig, iteration: int) -> float:
     schedule, total = config.schedule, max(config.train.iterations, 1)
     if iteration < schedule.warmup_iterations:
         return (iteration + 1) / schedule.warmup_iterations
-    if schedule.name == "constant":
-        return 1.0
-    if schedule.name == "step":
-        return schedule.gamma ** (iteration // schedule.step_size)
     progress = (iteration - schedule.warmup_iterations) / max(total - schedule.warmup_iterations, 1)
-    progress = min(max(progress, 0.0), 1.0)
-    low = schedule.min_lr_ratio
-    if schedule.name == "cosine":
-        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
-    return low + (1 - low) * (1 - progress)  # linear
+    return build_named(
+        SCHEDULES,
+        schedule.name,
+        iteration=iteration,
+        progress=min(max(progress, 0.0), 1.0),
+        step_size=schedule.step_size,
+        gamma=schedule.gamma,
+        min_lr_ratio=schedule.min_lr_ratio,
+    )
 
 
 def build_scheduler(

@@ -16,6 +16,7 @@ import functools
 import operator
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ import yaml
 
 class ConfigError(ValueError):
     """A config problem; the message names the offending key."""
+
+
+# Loss constructor arguments the trainer fills in from the data and the model, never from the config
+# (``partitions``: the meta-class table of an ensemble's learners, drawn from the seed).
+PROVIDED_LOSS_ARGS = {"num_classes", "embedding_size", "partitions"}
 
 
 @dataclass
@@ -54,7 +60,7 @@ class ModelConfig:
     dropout: float = 0.0
     freeze_batchnorm: bool = False
     frozen: bool = False  # frozen-feature mode: cache backbone features once, train the head only
-    head: str = "embedding"  # embedding, or hash: embedding_size-bit codes (deepmetric.hashing.HashHead)
+    head: str = "embedding"  # embedding, or hash: embedding_size-bit codes (deepmetric.models.HEADS)
     hash_activation: str = "tanh"  # hash head relaxation: tanh or sign_ste (straight-through sign)
     feature_cache: str = "~/.cache/deepmetric/features"  # where frozen-mode features are cached
 
@@ -351,11 +357,17 @@ def save_config(config: ExperimentConfig, path: str | Path) -> None:
 # ---------------------------------------------------------------- validation
 
 
+def _check_name(key: str, kind: str, value: str, names: Iterable[str]) -> None:
+    """``value`` must be one of ``names`` (a registry's or the owning module's table)."""
+    names = sorted(names)
+    if value not in names:
+        close = difflib.get_close_matches(value, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; choose one of {names}"
+        raise ConfigError(f"{key}: unknown {kind} {value!r}{hint}")
+
+
 def _check_component(kind: str, component: ComponentConfig, registry: Any, provided: set[str]) -> None:
-    if component.name not in registry:
-        close = difflib.get_close_matches(component.name, registry.names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f"; choose one of {registry.names()}"
-        raise ConfigError(f"{kind}.name: unknown {kind} {component.name!r}{hint}")
+    _check_name(f"{kind}.name", kind, component.name, registry.names())
     accepted = registry.parameters(component.name)
     for key in component.params:
         if key not in accepted or key in provided:
@@ -431,9 +443,10 @@ def _check_ensemble(config: ExperimentConfig, loss_takes_partitions: bool) -> No
 
 
 def _check_tuple_sampling(config: ExperimentConfig) -> None:
+    from deepmetric.samplers import SAMPLERS
+
     sampler = config.sampler
-    if sampler.mode not in ("pk", "pairs", "triplets"):
-        raise ConfigError(f"sampler.mode: must be pk, pairs or triplets, got {sampler.mode!r}")
+    _check_name("sampler.mode", "sampler", sampler.mode, SAMPLERS.names())
     _positive(sampler.tuples_per_batch, "sampler.tuples_per_batch")
     if sampler.mode == "pairs" and sampler.tuples_per_batch < 2:
         raise ConfigError("sampler.tuples_per_batch: pairs mode needs >= 2 pairs (a positive and a negative)")
@@ -449,37 +462,28 @@ def validate(config: ExperimentConfig) -> None:
     from deepmetric.data.transforms import AUGMENTATIONS
     from deepmetric.distances import DISTANCES
     from deepmetric.evaluation import parse_metric
-    from deepmetric.training.components import PROVIDED_LOSS_ARGS
+    from deepmetric.models import hash_head
+    from deepmetric.training.optim import OPTIMIZERS, SCHEDULES
 
-    if config.data.name not in data.DATASETS:
-        raise ConfigError(
-            f"data.name: unknown dataset {config.data.name!r}; choose one of {data.DATASETS.names()}"
-        )
+    _check_name("data.name", "dataset", config.data.name, data.DATASETS.names())
     if not 0 <= config.data.validation_classes < 1:
         raise ConfigError(f"data.validation_classes: must be in [0, 1), got {config.data.validation_classes}")
-    if config.data.augment not in AUGMENTATIONS:
-        raise ConfigError(f"data.augment: must be one of {list(AUGMENTATIONS)}, got {config.data.augment!r}")
+    _check_name("data.augment", "augmentation", config.data.augment, AUGMENTATIONS)
     _positive(config.data.num_workers, "data.num_workers", allow_zero=True)
     _positive(config.data.query_per_class, "data.query_per_class", allow_zero=True)
-    if not models.backbones.is_backbone_name(config.model.backbone):
-        raise ConfigError(
-            f"model.backbone: unknown backbone {config.model.backbone!r}; choose one of {models.BACKBONES.names()}"
-        )
+    if not models.backbones.is_backbone_name(config.model.backbone):  # or any timm model as timm:<name>
+        _check_name("model.backbone", "backbone", config.model.backbone, models.BACKBONES.names())
     _positive(config.model.embedding_size, "model.embedding_size", allow_zero=True)
-    if config.model.head not in ("embedding", "hash"):
-        raise ConfigError(f"model.head: must be 'embedding' or 'hash', got {config.model.head!r}")
-    if config.model.hash_activation not in ("tanh", "sign_ste"):
+    _check_name("model.head", "head", config.model.head, models.HEADS.names())
+    _check_name(
+        "model.hash_activation", "hash activation", config.model.hash_activation, hash_head.ACTIVATIONS
+    )
+    low, high = hash_head.MIN_BITS, hash_head.MAX_BITS
+    if config.model.head == "hash" and not low <= config.model.embedding_size <= high:
         raise ConfigError(
-            f"model.hash_activation: must be 'tanh' or 'sign_ste', got {config.model.hash_activation!r}"
+            f"model.embedding_size: a hash head takes {low} to {high} bits, got {config.model.embedding_size}"
         )
-    if config.model.head == "hash" and not 8 <= config.model.embedding_size <= 256:
-        raise ConfigError(
-            f"model.embedding_size: a hash head takes 8 to 256 bits, got {config.model.embedding_size}"
-        )
-    if config.model.pooling not in models.head.POOLINGS:
-        raise ConfigError(
-            f"model.pooling: must be one of {list(models.head.POOLINGS)}, got {config.model.pooling!r}"
-        )
+    _check_name("model.pooling", "pooling", config.model.pooling, models.POOLINGS)
     _check_component("loss", config.loss, losses.LOSSES, PROVIDED_LOSS_ARGS)
     _check_ensemble(config, "partitions" in losses.LOSSES.parameters(config.loss.name))
     if config.miner is not None:
@@ -487,18 +491,13 @@ def validate(config: ExperimentConfig) -> None:
     _positive(config.sampler.classes_per_batch, "sampler.classes_per_batch")
     _positive(config.sampler.samples_per_class, "sampler.samples_per_class")
     _check_tuple_sampling(config)
-    if config.optimizer.name not in ("adam", "adamw", "sgd"):
-        raise ConfigError(f"optimizer.name: must be adam, adamw or sgd, got {config.optimizer.name!r}")
+    _check_name("optimizer.name", "optimizer", config.optimizer.name, OPTIMIZERS.names())
     _positive(config.optimizer.lr, "optimizer.lr")
-    if config.schedule.name not in ("constant", "cosine", "step", "linear"):
-        raise ConfigError(
-            f"schedule.name: must be constant, cosine, step or linear, got {config.schedule.name!r}"
-        )
+    _check_name("schedule.name", "schedule", config.schedule.name, SCHEDULES.names())
     _positive(config.train.iterations, "train.iterations", allow_zero=True)
     for key in ("eval_every", "checkpoint_every", "log_every"):
         _positive(getattr(config.train, key), f"train.{key}", allow_zero=True)
-    if config.eval.distance not in DISTANCES:
-        raise ConfigError(f"eval.distance: must be one of {sorted(DISTANCES)}, got {config.eval.distance!r}")
+    _check_name("eval.distance", "distance", config.eval.distance, DISTANCES)
     if not config.eval.metrics:
         raise ConfigError("eval.metrics: give at least one metric")
     for name in config.eval.metrics:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from deepmetric.benchmarking.suite import RunSpec
+from deepmetric.suites.suite import RunSpec
 from deepmetric.training import resume, train
 from deepmetric.training.config import ConfigError, load_yaml, to_dict
 

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from deepmetric.benchmarking.runner import read_metrics, run_grid
-from deepmetric.benchmarking.suite import RunSpec, Suite, build_config, merge, point_dirname
+from deepmetric.suites.runner import read_metrics, run_grid
+from deepmetric.suites.suite import RunSpec, Suite, build_config, merge, point_dirname
 from deepmetric.training.config import ConfigError
 
 SELECT_KEYS = {"validation_classes", "seeds", "metric", "eval_every", "iterations", "grid", "methods"}

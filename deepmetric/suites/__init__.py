@@ -1,14 +1,14 @@
 """Fair benchmarks: one protocol, many methods, several seeds, mean ± std (``deepmetric bench SUITE.yaml``).
 
-    from deepmetric.benchmarking import run_suite
+    from deepmetric.suites import run_suite
     paths = run_suite("benchmarks/suites/cub_subset_frozen.yaml", out_dir="bench/cub")
 
 1. ``select`` (when the suite has one): per method, a small grid trained with held-out *training* classes
-   as validation; the best setting on validation is kept (:mod:`deepmetric.benchmarking.selection`).
-2. the grid: methods x varied fields x seeds, each a run folder (:mod:`deepmetric.benchmarking.suite`),
-   finished runs skipped and killed runs resumed (:mod:`deepmetric.benchmarking.runner`);
+   as validation; the best setting on validation is kept (:mod:`deepmetric.suites.selection`).
+2. the grid: methods x varied fields x seeds, each a run folder (:mod:`deepmetric.suites.suite`),
+   finished runs skipped and killed runs resumed (:mod:`deepmetric.suites.runner`);
 3. with ``compare_pml``, the same grid with pytorch-metric-learning's classes (:mod:`.pml`);
-4. ``results.md``, ``results.csv`` and plots (:mod:`deepmetric.benchmarking.report`).
+4. ``results.md``, ``results.csv`` and plots (:mod:`deepmetric.suites.report`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
-from deepmetric.benchmarking.report import write_results
-from deepmetric.benchmarking.runner import run_grid
-from deepmetric.benchmarking.selection import run_selection
-from deepmetric.benchmarking.suite import RunSpec, Suite, expand_grid, load_suite, suite_from_dict
+from deepmetric.suites.report import write_results
+from deepmetric.suites.runner import run_grid
+from deepmetric.suites.selection import run_selection
+from deepmetric.suites.suite import RunSpec, Suite, expand_grid, load_suite, suite_from_dict
 
 __all__ = ["RunSpec", "Suite", "expand_grid", "load_suite", "run_suite", "suite_from_dict"]
 
@@ -57,7 +57,7 @@ def run_suite(
         chosen = {key: choice["overrides"] for key, choice in saved.items()}
     specs = expand_grid(suite, out_dir, only, seeds, chosen=chosen)
     if compare_pml:
-        from deepmetric.benchmarking.pml import pml_available, register_pml
+        from deepmetric.suites.pml import pml_available, register_pml
 
         if pml_available():
             register_pml()

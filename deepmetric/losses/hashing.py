@@ -4,7 +4,7 @@
 
 ``base`` is any registered loss (``triplet``, ``contrastive``, ``dtsh``, ...) built with ``base_params``;
 ``Q`` the quantization penalty and ``B`` the bit-balance penalty of
-:mod:`deepmetric.hashing.quantization`; ``alpha(t)`` follows an :class:`AlphaSchedule` over training,
+:mod:`deepmetric.losses.quantization`; ``alpha(t)`` follows an :class:`AlphaSchedule` over training,
 advanced by the trainer through :meth:`HashingLoss.set_progress` (called every iteration).
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from deepmetric.hashing.quantization import AlphaSchedule, bit_balance_penalty, quantization_penalty
 from deepmetric.losses.base import LOSSES, MetricLoss
+from deepmetric.losses.quantization import AlphaSchedule, bit_balance_penalty, quantization_penalty
 
 
 @LOSSES.register("hashing")

@@ -6,7 +6,7 @@ pairwise likelihood is ``p(s_ij | U) = sigma(Theta_ij)^s_ij (1 - sigma(Theta_ij)
     L = mean_pairs  ( log(1 + exp(Theta_ij)) - s_ij Theta_ij )  +  eta * mean_n ||b_n - u_n||^2 / K
 
 over all pairs ``i != j`` of the batch (or the mined pairs), the second term the paper's quantization
-loss with ``b_n = sign(u_n)`` (per bit, :func:`deepmetric.hashing.quantization.quantization_penalty`).
+loss with ``b_n = sign(u_n)`` (per bit, :func:`deepmetric.losses.quantization.quantization_penalty`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deepmetric.hashing.quantization import QuantizedCodeLoss
 from deepmetric.losses.base import LOSSES
+from deepmetric.losses.quantization import QuantizedCodeLoss
 from deepmetric.masks import PairIndices, TripletIndices
 
 

@@ -2,7 +2,8 @@
 
 A drop-in replacement for :class:`deepmetric.models.head.EmbeddingHead` (``forward(features)``,
 ``embedding_size``), so ``EmbeddingModel(backbone, HashHead(backbone.feature_dim, 48))`` is a hashing
-network. Binary codes for search are ``sign(output)`` (:func:`deepmetric.hashing.packing.pack_bits`).
+network (``model.head: hash`` in a config: :data:`deepmetric.models.head.HEADS`). Binary codes for search are
+``sign(output)`` (:func:`deepmetric.hashing.packing.pack_bits`).
 
 - ``tanh``: ``tanh(W x + b)``, the continuous relaxation of DPSH / DTSH / HashNet; losses push it to ±1.
 - ``sign_ste``: ``sign(W x + b)`` in the forward pass (exact ±1 codes, ``sign(0) = +1``) and the gradient of
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepmetric.models.head import POOLINGS, GeM, pool
+from deepmetric.models.head import HEADS, POOLINGS, GeM, pool
 
 ACTIVATIONS = ("tanh", "sign_ste")
 MIN_BITS, MAX_BITS = 8, 256
@@ -60,3 +61,11 @@ class HashHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, activation={self.activation!r}, pooling={self.pooling!r}"
+
+
+@HEADS.register("hash")
+def hash_head(
+    in_features: int, embedding_size: int, activation: str = "tanh", pooling: str = "avg"
+) -> HashHead:
+    """The head of a hashing network: ``embedding_size``-bit codes."""
+    return HashHead(in_features, embedding_size, activation, pooling)

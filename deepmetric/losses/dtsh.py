@@ -9,7 +9,7 @@ likelihood ``p = sigma(Theta_ij - Theta_ik - margin)``. The loss is the negative
         + lambda * mean_n ||b_n - u_n||^2 / K,      b_n = sign(u_n)
 
 over all valid triplets of the batch (or the mined ones), the second term being the paper's quantization
-loss (:func:`deepmetric.hashing.quantization.quantization_penalty`, per bit). The first term is the
+loss (:func:`deepmetric.losses.quantization.quantization_penalty`, per bit). The first term is the
 soft-margin triplet loss on the similarity ``Theta``: without a miner it is reduced by the batch-all machinery
 of :mod:`deepmetric.losses.triplet` (anchor chunks, gradient accumulated in the same pass), so memory stays
 ``O(N^2)`` instead of the ``N^3`` triplet mask.
@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deepmetric.hashing.quantization import QuantizedCodeLoss
 from deepmetric.losses.base import LOSSES
-from deepmetric.losses.triplet import _BatchAllTriplet
+from deepmetric.losses.quantization import QuantizedCodeLoss
+from deepmetric.losses.triplet import BatchAllTriplet
 from deepmetric.masks import PairIndices, TripletIndices, to_triplets
 
 
@@ -48,7 +48,7 @@ class DTSHLoss(QuantizedCodeLoss):
             if self.reduction != "none":
                 # softplus(Theta_ik - Theta_ij + margin) is the soft-margin triplet loss on the similarity
                 # Theta: reduced over all triplets in anchor chunks, in O(N^2) memory
-                return _BatchAllTriplet.apply(
+                return BatchAllTriplet.apply(
                     theta, positives, negatives, self.margin, -1.0, True, self.reduction
                 )
             anchor, positive, negative = (positives[:, :, None] & negatives[:, None, :]).nonzero(

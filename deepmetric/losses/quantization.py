@@ -16,7 +16,7 @@ import torch
 
 from deepmetric.losses.base import MetricLoss
 
-SCHEDULES = ("constant", "linear", "geometric")
+ALPHA_SCHEDULES = ("constant", "linear", "geometric")
 
 
 def quantization_penalty(codes: torch.Tensor) -> torch.Tensor:
@@ -60,8 +60,8 @@ class AlphaSchedule:
     def __init__(
         self, alpha: float = 1.0, alpha_final: float | None = None, schedule: str = "constant"
     ) -> None:
-        if schedule not in SCHEDULES:
-            raise ValueError(f"unknown alpha schedule {schedule!r}; choose one of {list(SCHEDULES)}")
+        if schedule not in ALPHA_SCHEDULES:
+            raise ValueError(f"unknown alpha schedule {schedule!r}; choose one of {list(ALPHA_SCHEDULES)}")
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         if schedule != "constant":

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepmetric.benchmarking.runner import read_metrics, training_seconds
-from deepmetric.benchmarking.suite import RunSpec, Suite, format_value
+from deepmetric.suites.runner import read_metrics, training_seconds
+from deepmetric.suites.suite import RunSpec, Suite, format_value
 from deepmetric.viz.compare import GroupSummary, plot_metric_panels, plot_metric_vs_param, summarize
 from deepmetric.viz.figures import save_figure
 
