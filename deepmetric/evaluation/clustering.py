@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
 from deepmetric import linalg, native
-from deepmetric.evaluation.knn import native_selection, rows_per_block
+from deepmetric.retrieval.knn import native_selection, rows_per_block
 
 
 def _two_nearest(

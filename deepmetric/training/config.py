@@ -130,6 +130,7 @@ class EvalConfig:
     batch_size: int = 128  # embedding batch size
     save_embeddings: bool = True
     binarize: bool = False  # evaluate sign(embedding) codes (hashing: ranking by Hamming distance)
+    memory_budget_mb: float = 512  # working memory of the evaluation, on top of the embeddings
 
 
 @dataclass
@@ -439,6 +440,7 @@ def validate(config: ExperimentConfig) -> None:
         _positive(getattr(config.train, key), f"train.{key}", allow_zero=True)
     if config.eval.distance not in DISTANCES:
         raise ConfigError(f"eval.distance: must be one of {sorted(DISTANCES)}, got {config.eval.distance!r}")
+    _positive(config.eval.memory_budget_mb, "eval.memory_budget_mb")
     if not config.eval.metrics:
         raise ConfigError("eval.metrics: give at least one metric")
     for name in config.eval.metrics:
