@@ -93,6 +93,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, float]:
         metrics=metrics,
         distance=distance,
         memory_budget_mb=memory_budget_mb,
+        copy=False,  # the arrays are the command's own: normalised in place, not copied
     )
     if args.json:
         print(json.dumps(results, indent=2))

@@ -6,9 +6,9 @@ returns ``{metric name: value}``; see :mod:`deepmetric.evaluation.metrics` for t
 
 from deepmetric.evaluation.clustering import cluster_scores, kmeans
 from deepmetric.evaluation.evaluate import DEFAULT_METRICS, EvaluationResult, evaluate, evaluate_detailed
-from deepmetric.retrieval.knn import knn
 from deepmetric.evaluation.metrics import METRIC_NAMES, METRICS, Metric, MetricSpec, define, parse_metric
 from deepmetric.evaluation.verification import Pairs, pair_distances, roc_curve
+from deepmetric.retrieval.knn import knn
 
 __all__ = [
     "DEFAULT_METRICS",

@@ -97,6 +97,7 @@ def evaluate_detailed(
     gallery_ids: ArrayLike | Sequence | None = None,
     seed: int = 0,
     kmeans_backend: str = "torch",
+    copy: bool = True,
 ) -> EvaluationResult:
     """Like :func:`evaluate`, returning an :class:`EvaluationResult` (counts and per-query values too)."""
     if isinstance(metrics, str):
@@ -121,6 +122,7 @@ def evaluate_detailed(
         gallery_ids,
         memory_budget_mb,
         device,
+        copy,
     )
     labels = ranking.labels
     if labels.multi_hot and (groups["clustering"] or any(s.kind == "knn_accuracy" for s in specs)):
@@ -161,6 +163,7 @@ def evaluate(
     gallery_ids: ArrayLike | Sequence | None = None,
     seed: int = 0,
     kmeans_backend: str = "torch",
+    copy: bool = True,
 ) -> dict[str, float]:
     """Evaluate an embedding: ``{metric name: value}`` for each name in ``metrics``.
 
@@ -184,6 +187,8 @@ def evaluate(
         seed: seed of the k-means used by ``nmi``/``ami`` (which cluster the query embeddings).
         kmeans_backend: ``torch`` (k-means++ and at most 20 Lloyd iterations, any device) or ``faiss``
             (``faiss.Kmeans``, 20 iterations, as PML; needs faiss).
+        copy: False lets the L2 normalisation of ``cosine`` overwrite the embeddings passed in (float32
+            arrays on the evaluation's device are used as they are), sparing a normalised copy of them.
 
     Queries with no relevant gallery item are left out of the neighbour metrics (use
     :func:`evaluate_detailed` for their count); a metric with no query left is NaN.
@@ -202,4 +207,5 @@ def evaluate(
         gallery_ids,
         seed,
         kmeans_backend,
+        copy,
     ).metrics

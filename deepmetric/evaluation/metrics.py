@@ -46,7 +46,6 @@ from typing import Any
 
 import torch
 
-from deepmetric.evaluation import verification
 from deepmetric.registry import Registry
 from deepmetric.retrieval.ranking import RankedBand, RankingNeeds
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from deepmetric.distances import Distance, EuclideanDistance
-from deepmetric.retrieval.knn import knn
 from deepmetric.registry import Registry
+from deepmetric.retrieval.knn import knn
 
 SEARCH_BACKENDS = Registry("search backend")
 

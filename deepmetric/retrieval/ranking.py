@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from deepmetric.checks import check_labels
 from deepmetric.distances import Distance, get_distance
@@ -41,8 +42,10 @@ from deepmetric.retrieval.knn import (
 DEFAULT_MEMORY_BUDGET_MB = 512
 # Gallery items of the query's class used to bound its k-th best score (a subset is still a valid bound).
 MAX_CLASS_PROBES = 1024
-# Queries per band handed to the metrics from a ranking computed for all queries at once.
+# Queries per band handed to the metrics from a ranking computed for all queries at once, at most.
 RESULT_BAND = 8192
+# Bytes per ranked slot of a band while metrics read it (relevance, labels, float64 precisions).
+METRIC_BYTES_PER_SLOT = 64
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,7 @@ class Ranking:
 
     def _streamed_bands(self, relevant_counts: torch.Tensor) -> Iterator[RankedBand]:
         k = self._neighbour_count(relevant_counts)
+        budget_rows = int(self.memory_budget_mb * 2**20) // (METRIC_BYTES_PER_SLOT * k)
         gallery = None if self.leave_one_out else self.gallery
         streamed = streaming_topk_bands(
             self.query,
@@ -307,7 +311,7 @@ class Ranking:
             self.query_codes,
             self.gallery_codes,
             self.memory_budget_mb,
-            RESULT_BAND,
+            max(1, min(RESULT_BAND, budget_rows)),
         )
         for start, values, indices in streamed:
             rows = slice(start, start + len(values))
@@ -398,6 +402,14 @@ class Ranking:
         return band
 
 
+def _prepare(distance: Distance, embeddings: torch.Tensor, copy: bool) -> torch.Tensor:
+    """``distance.prepare(embeddings)``; with ``copy=False`` the built-in L2 normalisation is done in place
+    (the same operations, so the same values)."""
+    if not copy and type(distance).prepare is Distance.prepare and distance.normalize_embeddings:
+        return F.normalize(embeddings, dim=-1, out=embeddings)
+    return distance.prepare(embeddings)
+
+
 def rank(
     query: ArrayLike,
     query_labels: ArrayLike,
@@ -409,13 +421,16 @@ def rank(
     gallery_ids: ArrayLike | Sequence | None = None,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     device: str | torch.device | None = None,
+    copy: bool = True,
 ) -> Ranking:
     """Check and prepare the inputs of a ranking; iterate :meth:`Ranking.bands` to compute it.
 
     ``gallery=None``: leave-one-out, every query ranked against the other queries. ``query_ids`` /
     ``gallery_ids`` (ints, strings, paths): gallery items with the query's id are excluded from its
     ranking. ``memory_budget_mb``: working memory of the ranking, on top of the embeddings. ``device``:
-    default CUDA when available. Bad input raises ValueError naming the problem.
+    default CUDA when available. ``copy=False``: the distance's preparation (the L2 normalisation of
+    ``cosine``) may overwrite the embeddings passed in, instead of holding a normalised copy of them.
+    Bad input raises ValueError naming the problem.
     """
     if (gallery is None) != (gallery_labels is None):
         raise ValueError("gallery_embeddings and gallery_labels must be given together")
@@ -443,8 +458,8 @@ def rank(
             raise ValueError("there must be one id per query embedding and one per gallery embedding")
         query_codes = torch.from_numpy(query_np).to(device)
         gallery_codes = torch.from_numpy(gallery_np).to(device)
-    query_t = distance.prepare(query_t)
-    gallery_t = query_t if leave_one_out else distance.prepare(gallery_t)
+    query_t = _prepare(distance, query_t, copy)
+    gallery_t = query_t if leave_one_out else _prepare(distance, gallery_t, copy)
     return Ranking(
         query_t,
         gallery_t,
