@@ -168,7 +168,7 @@ def test_metric_names_and_errors():
         parse_metric("tar@far=2")
     with pytest.raises(ValueError, match="unknown metric"):
         parse_metric("tar@far=abc")
-    with pytest.raises(ValueError, match="positive .* and negative"):
+    with pytest.raises(ValueError, match=r"positive .* and negative"):
         roc_curve(np.array([0.1, 0.2]), np.array([True, True]))
     with pytest.raises(ValueError, match="same length"):
         roc_curve(np.array([0.1, 0.2]), np.array([True]))
