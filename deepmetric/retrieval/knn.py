@@ -72,7 +72,7 @@ def to_float_tensor(embeddings: ArrayLike, name: str, device: torch.device) -> t
 
 
 # Rows per chunk of the squared-norm check of :func:`to_float_tensor`.
-CHECK_ROWS = 16384
+CHECK_ROWS = 4096
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
