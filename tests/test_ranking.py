@@ -158,3 +158,26 @@ def test_issue_200k_x_128_within_64_mib_plus_the_embeddings(tmp_path):
         tmp_path, 200_000, 128, 64, "recall@1,recall@2,recall@4,recall@8,map@r"
     )
     assert increase <= embeddings + 64 + SLACK_MIB
+
+
+def test_the_budget_is_a_config_key_and_a_cli_option(tmp_path, capsys):
+    from deepmetric.cli import main
+    from deepmetric.training.config import ConfigError, load_config
+
+    assert load_config(None, ["eval.memory_budget_mb=64"]).eval.memory_budget_mb == 64
+    with pytest.raises(ConfigError, match="eval.memory_budget_mb"):
+        load_config(None, ["eval.memory_budget_mb=0"])
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.normal(size=(50, 4)).astype(np.float32))
+    np.save(tmp_path / "y.npy", rng.integers(0, 5, 50))
+    files = ["--embeddings", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", *files, "--memory-budget-mb", "-1"])
+    assert exit_info.value.code == 2 and "positive number of MiB" in capsys.readouterr().err
+    assert (
+        main(["evaluate", *files, "--metrics", "recall@1,roc_auc", "--memory-budget-mb", "0.1", "--json"])
+        == 0
+    )
+    tiny = json.loads(capsys.readouterr().out)  # 0.1 MiB: blocks of a few rows, all 1,225 pairs held
+    assert main(["evaluate", *files, "--metrics", "recall@1,roc_auc", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == tiny
