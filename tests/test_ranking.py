@@ -165,7 +165,7 @@ def test_the_budget_is_a_config_key_and_a_cli_option(tmp_path, capsys):
     from deepmetric.training.config import ConfigError, load_config
 
     assert load_config(None, ["eval.memory_budget_mb=64"]).eval.memory_budget_mb == 64
-    with pytest.raises(ConfigError, match="eval.memory_budget_mb"):
+    with pytest.raises(ConfigError, match=r"eval\.memory_budget_mb"):
         load_config(None, ["eval.memory_budget_mb=0"])
     rng = np.random.default_rng(0)
     np.save(tmp_path / "x.npy", rng.normal(size=(50, 4)).astype(np.float32))
