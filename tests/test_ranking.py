@@ -152,6 +152,7 @@ def test_cli_evaluation_stays_within_the_budget_plus_the_embeddings(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # about 6 CPU-minutes of matrix products on one thread
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux")
 def test_issue_200k_x_128_within_64_mib_plus_the_embeddings(tmp_path):
     increase, embeddings = _peak_increase(

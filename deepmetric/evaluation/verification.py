@@ -30,8 +30,9 @@ from deepmetric.distances import Distance, get_distance
 from deepmetric.retrieval.knn import ArrayLike, distance_blocks, rows_per_block, to_reported_values
 from deepmetric.retrieval.ranking import DEFAULT_MEMORY_BUDGET_MB, Ranking, rank
 
-# Bytes per pair held: its float32 distance and bool label, and the sort's int64 order and sorted copies.
-PAIR_BYTES = 32
+# Bytes per pair held: its float32 distance and bool label, and the ROC curve's float64 copies, int64 order
+# and cumulative counts.
+PAIR_BYTES = 48
 # Pairs whose distances are computed at once when sampling.
 SAMPLE_CHUNK = 65536
 
