@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from deepmetric import native
 from deepmetric.distances import get_distance
 from deepmetric.evaluation import evaluate, evaluate_detailed, kmeans, knn, parse_metric
-from deepmetric.evaluation.knn import symmetric_topk
+from deepmetric.retrieval.knn import symmetric_topk
 
 ALL_RETRIEVAL = (
     "recall@1",
@@ -339,13 +339,13 @@ def test_matches_pml_accuracy_calculator(protocol, average):
 def _topk_bounded():
     import sys
 
-    return sys.modules["deepmetric.evaluation.knn"].topk_bounded
+    return sys.modules["deepmetric.retrieval.knn"].topk_bounded
 
 
 @pytest.mark.parametrize("largest", [True, False])
 @pytest.mark.parametrize("probe_count", [0, 5, 40, 300])
 def test_bounded_topk_equals_plain_topk_on_ties(largest, probe_count):
-    from deepmetric.evaluation.knn import topk_deterministic
+    from deepmetric.retrieval.knn import topk_deterministic
 
     rng = np.random.default_rng(probe_count)
     scores = torch.from_numpy(rng.integers(-3, 4, size=(50, 300)).astype(np.float32))
@@ -420,7 +420,7 @@ def test_bad_kmeans_settings_are_refused():
 
 @pytest.mark.parametrize("distance", ["cosine", "dot", "euclidean", "squared_euclidean"])
 def test_distance_blocks_equal_the_shared_pairwise_distances(distance):
-    from deepmetric.evaluation.knn import distance_blocks, ranking_distance
+    from deepmetric.retrieval.knn import distance_blocks, ranking_distance
 
     rng = np.random.default_rng(9)
     dist = get_distance(distance)

@@ -38,8 +38,20 @@ def cmd_embed(args: argparse.Namespace) -> None:
         print(f"{split}: {embeddings.shape[0]} x {embeddings.shape[1]} -> {folder}/{split}_embeddings.npy")
 
 
+def megabytes(text: str) -> float:
+    """A memory budget in MiB: a positive number (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of MiB, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of MiB, got {text!r}")
+    return value
+
+
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, float]:
     from deepmetric.evaluation import evaluate
+    from deepmetric.retrieval.ranking import DEFAULT_MEMORY_BUDGET_MB
 
     if args.run and (args.embeddings or args.labels or args.gallery_embeddings or args.gallery_labels):
         raise ConfigError(
@@ -57,6 +69,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, float]:
         gallery_labels = load_array(args.gallery_labels, "gallery labels")
         metrics = args.metrics.split(",") if args.metrics else [*DEMO_METRICS, "map@r", "r_precision"]
         distance = args.distance or "cosine"
+        memory_budget_mb = args.memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB
     elif args.run:
         from deepmetric.training.config import load_config
 
@@ -74,9 +87,19 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, float]:
         gallery_labels = np.load(folder / "gallery_labels.npy") if names[1] else None
         metrics = args.metrics.split(",") if args.metrics else config.eval.metrics
         distance = args.distance or config.eval.distance
+        memory_budget_mb = args.memory_budget_mb or config.eval.memory_budget_mb
     else:
         raise ConfigError("give a RUN folder or --embeddings E.npy --labels L.npy")
-    results = evaluate(query, labels, gallery, gallery_labels, metrics=metrics, distance=distance)
+    results = evaluate(
+        query,
+        labels,
+        gallery,
+        gallery_labels,
+        metrics=metrics,
+        distance=distance,
+        memory_budget_mb=memory_budget_mb,
+        copy=False,  # the arrays are the command's own: normalised in place, not copied
+    )
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -107,6 +130,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gallery-labels", help="gallery labels .npy")
     p.add_argument("--metrics", help="comma-separated metric names, e.g. recall@1,map@r,nmi")
     p.add_argument("--distance", help="cosine, dot, euclidean or squared_euclidean")
+    p.add_argument(
+        "--memory-budget-mb",
+        type=megabytes,
+        help="working memory of the evaluation in MiB, on top of the embeddings "
+        "(default: the run's eval.memory_budget_mb, else 512)",
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 

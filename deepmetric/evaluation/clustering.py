@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
 from deepmetric import linalg, native
-from deepmetric.evaluation.knn import native_selection, rows_per_block
+from deepmetric.retrieval.knn import native_selection, rows_per_block
 
 
 def _two_nearest(
@@ -229,9 +229,15 @@ def _nearest_with_bounds(
 
 
 def _lloyd(
-    points: torch.Tensor, point_norms: torch.Tensor, centroids: torch.Tensor, max_iterations: int, rows: int
+    points: torch.Tensor,
+    point_norms: torch.Tensor,
+    centroids: torch.Tensor,
+    max_iterations: int,
+    rows: int,
+    points_with_ones: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Lloyd iterations from ``centroids``; the final assignments.
+    """Lloyd iterations from ``centroids``; the final assignments. ``points_with_ones``: the points with a
+    column of ones (:func:`_with_ones`), built here when not given.
 
     Lloyd's iterations, without the distances that cannot change an assignment. Each point keeps an upper
     bound on the distance to its centroid and a lower bound on the distance to every other centroid
@@ -247,7 +253,8 @@ def _lloyd(
     clusters.
     """
     num_clusters = len(centroids)
-    points_with_ones = _with_ones(points)
+    if points_with_ones is None:
+        points_with_ones = _with_ones(points)
     # |computed - true| squared distance <= (D + 8) eps (||x|| + ||c||)^2, and ||c|| <= max ||x||; a drift,
     # and a bound moved by it, are off by at most (D + 4) eps max ||x|| more
     eps, largest_norm = torch.finfo(torch.float32).eps, float(point_norms.max())
@@ -350,8 +357,13 @@ def kmeans(
     if backend == "faiss":
         return _faiss_kmeans(embeddings, num_clusters, seed, max_iterations)
     points = embeddings.detach().float()
-    # k-means does not see a translation; centred, the points' distances lose no precision to a large offset
-    points = points - points.mean(0)
+    # k-means does not see a translation; centred, the points' distances lose no precision to a large offset.
+    # The centred points are written into the matrix that also carries the column of ones of _two_nearest,
+    # and used as a view of it: one copy of the embeddings, not two.
+    points_with_ones = points.new_empty(len(points), points.shape[1] + 1)
+    torch.sub(points, points.mean(0), out=points_with_ones[:, :-1])
+    points_with_ones[:, -1] = 1
+    points = points_with_ones[:, :-1]
     point_norms = (points * points).sum(1)
     rows = min(rows_per_block(num_clusters, memory_budget_mb), ASSIGNMENT_ROWS)
     generator = torch.Generator().manual_seed(seed)
@@ -362,8 +374,8 @@ def kmeans(
             points.index_select(0, sample), point_norms[sample], num_clusters, generator
         )
     else:
-        centroids = kmeans_plus_plus(points, point_norms, num_clusters, generator)
-    return _lloyd(points, point_norms, centroids, max_iterations, rows)
+        centroids = kmeans_plus_plus(points.contiguous(), point_norms, num_clusters, generator)
+    return _lloyd(points, point_norms, centroids, max_iterations, rows, points_with_ones)
 
 
 def cluster_scores(

@@ -5,7 +5,7 @@ A backend receives every vector the index stores (``add``) and answers ``search(
 and read them back in ``load``. New backends (e.g. Hamming search over binary hash codes) register
 themselves in :data:`SEARCH_BACKENDS` and are picked by name: ``Index(..., backend="name")``.
 
-* ``torch``: exact, chunked search of :func:`deepmetric.evaluation.knn` (CPU or GPU, ties by index).
+* ``torch``: exact, chunked search of :func:`deepmetric.retrieval.knn.knn` (CPU or GPU, ties by index).
 * ``faiss_flat``: exact faiss search; ``faiss_ivf``: inverted lists (``nlist``, ``nprobe``), trained on
   the first vectors added; ``faiss_hnsw``: HNSW graph (``m``, ``ef_search``). The faiss backends need
   ``faiss`` installed and support ``cosine``, ``dot``, ``euclidean`` and ``squared_euclidean``.
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from deepmetric.distances import Distance, EuclideanDistance
-from deepmetric.evaluation.knn import knn
 from deepmetric.registry import Registry
+from deepmetric.retrieval.knn import knn
 
 SEARCH_BACKENDS = Registry("search backend")
 

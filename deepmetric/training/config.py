@@ -136,6 +136,7 @@ class EvalConfig:
     batch_size: int = 128  # embedding batch size
     save_embeddings: bool = True
     binarize: bool = False  # evaluate sign(embedding) codes (hashing: ranking by Hamming distance)
+    memory_budget_mb: float = 512  # working memory of the evaluation, on top of the embeddings
 
 
 @dataclass
@@ -498,6 +499,7 @@ def validate(config: ExperimentConfig) -> None:
     for key in ("eval_every", "checkpoint_every", "log_every"):
         _positive(getattr(config.train, key), f"train.{key}", allow_zero=True)
     _check_name("eval.distance", "distance", config.eval.distance, DISTANCES)
+    _positive(config.eval.memory_budget_mb, "eval.memory_budget_mb")
     if not config.eval.metrics:
         raise ConfigError("eval.metrics: give at least one metric")
     for name in config.eval.metrics:

@@ -257,7 +257,12 @@ class Trainer:
     def evaluate_split(self, name: str) -> dict[str, float]:
         """Metrics of the current model on ``test`` (or query/gallery) or on ``validation``."""
         config = self.config.eval
-        options = {"metrics": config.metrics, "distance": config.distance, "device": self.device}
+        options = {
+            "metrics": config.metrics,
+            "distance": config.distance,
+            "device": self.device,
+            "memory_budget_mb": config.memory_budget_mb,
+        }
         if name == "validation":
             embeddings = self.embed(self.data.validation)
             return self._evaluate(embeddings, self.data.validation.labels, **options)

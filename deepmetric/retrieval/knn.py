@@ -46,6 +46,8 @@ PROBE_COLUMNS = 512
 # A row with more candidates than this many per neighbour wanted is ranked by a plain top-k instead.
 CANDIDATES_PER_K = 64
 MIN_CANDIDATES = 4096
+# Bytes per slot of a top-k result: a float32 value and an int64 index.
+RESULT_BYTES_PER_SLOT = 12
 
 
 def default_device() -> torch.device:
@@ -63,11 +65,14 @@ def to_float_tensor(embeddings: ArrayLike, name: str, device: torch.device) -> t
         raise ValueError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
     tensor = tensor.detach().to(device=device, dtype=torch.float32)
     check_embeddings(tensor, name)
-    if not bool(torch.isfinite((tensor * tensor).sum(1)).all()):
+    # in chunks: a whole-matrix temporary would double the embeddings' memory
+    if not all(bool(torch.isfinite((part * part).sum(1)).all()) for part in tensor.split(CHECK_ROWS)):
         raise ValueError(f"{name} are too large: their squared norms overflow float32")
     return tensor
 
 
+# Rows per chunk of the squared-norm check of :func:`to_float_tensor`.
+CHECK_ROWS = 4096
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
@@ -324,33 +329,54 @@ def symmetric_topk(
     return selection.result()
 
 
-def streaming_topk(
+def native_state_bytes(k: int) -> int:
+    """Bytes per query row of the native streaming selection: ``2k + 32`` candidates of 8 bytes (see
+    :class:`~deepmetric.native.TopK`), a count and a bound, plus the row's result (float32 + int64)."""
+    return (2 * k + 32) * 8 + 12 + RESULT_BYTES_PER_SLOT * k
+
+
+def streaming_topk_bands(
     query: torch.Tensor,
     gallery: torch.Tensor | None,
     distance: Distance,
     k: int,
     query_ids: torch.Tensor | None = None,
     gallery_ids: torch.Tensor | None = None,
+    memory_budget_mb: float = 512,
+    max_rows: int | None = None,
     band: int = 1024,
     width: int = 4096,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` nearest gallery items of every query (CPU, ``distance.prepare`` d), as :func:`topk_native`
-    gives them, through the native streaming selection; ``gallery=None``: leave-one-out among the
-    queries (:func:`symmetric_topk`). ``query_ids``/``gallery_ids``: items sharing an id are excluded.
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(start, ranked values, indices)`` of the ``k`` nearest gallery items of the queries ``start ..``,
+    band after band (at most ``max_rows`` each), through the native streaming selection (CPU,
+    ``distance.prepare`` d), as :func:`topk_native` gives them. ``gallery=None``: leave-one-out among the
+    queries. ``query_ids``/``gallery_ids``: items sharing an id are excluded.
 
     Queries go in bands of ``band`` rows, each scanning the gallery in tiles of ``width`` columns: tiles
-    of 16 MiB are ranked while still in cache, and a band's state is its own (no ``N x N`` anything).
+    of 16 MiB are ranked while still in cache, and a band's state is its own (no ``N x N`` anything). In
+    leave-one-out, when the selection state of every query (:func:`native_state_bytes`) fits in
+    ``memory_budget_mb`` with one tile, :func:`symmetric_topk` does half the matrix products instead.
+    Otherwise bands shrink until one band's state and tile fit in the budget.
     """
-    if gallery is None:
-        return symmetric_topk(query, distance, k, query_ids, band, width)
+    n = len(query)
+    budget = memory_budget_mb * 2**20
+    k = min(k, n if gallery is None else len(gallery))
+    max_rows = n if max_rows is None else max_rows
+    if gallery is None and n * native_state_bytes(k) + band * width * 4 <= budget:
+        values, indices = symmetric_topk(query, distance, k, query_ids, band, width)
+        for start in range(0, n, max_rows):
+            yield start, values[start : start + max_rows], indices[start : start + max_rows]
+        return
+    leave_one_out = gallery is None
+    gallery = query if leave_one_out else gallery
+    gallery_ids = query_ids if leave_one_out else gallery_ids
+    band = max(1, min(band, max_rows, int(budget // (native_state_bytes(k) + width * 4))))
     ranked = ranking_distance(distance)
     worst = -torch.inf if ranked.is_similarity else torch.inf
-    k = min(k, len(gallery))
     norms = (gallery * gallery).sum(1) if type(ranked) is SquaredEuclideanDistance else None
-    buffer = query.new_empty(band * width)
-    all_values, all_indices = [], []
-    for i0 in range(0, len(query), band):
-        i1 = min(i0 + band, len(query))
+    buffer = query.new_empty(min(band, n) * width)
+    for i0 in range(0, n, band):
+        i1 = min(i0 + band, n)
         selection = native.TopK(i1 - i0, k, ranked.is_similarity)
         for j0 in range(0, len(gallery), width):
             j1 = min(j0 + width, len(gallery))
@@ -358,11 +384,12 @@ def streaming_topk(
             block = _pairwise_into(ranked, query[i0:i1], gallery[j0:j1], _part(norms, j0, j1), block)
             if query_ids is not None:
                 block.masked_fill_(query_ids[i0:i1, None] == gallery_ids[None, j0:j1], worst)
+            if leave_one_out and j0 < i1 and i0 < j1:  # the tile holds some queries' own entries
+                own = torch.arange(max(i0, j0), min(i1, j1))
+                block[own - i0, own - j0] = worst
             selection.offer_rows(block, j0, 0)
         values, indices = selection.result()
-        all_values.append(values)
-        all_indices.append(indices)
-    return torch.cat(all_values), torch.cat(all_indices)
+        yield i0, values, indices
 
 
 def _part(norms: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
@@ -414,6 +441,8 @@ def knn(
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    if not memory_budget_mb > 0:
+        raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
     device = resolve_device(device)
     distance = get_distance(distance)
     query_t = to_float_tensor(query, "query", device)
@@ -431,9 +460,10 @@ def knn(
     query_t, gallery_t = distance.prepare(query_t), distance.prepare(gallery_t)
     largest = distance.is_similarity
     if native_selection(device):
-        values, indices = streaming_topk(
-            query_t, None if gallery is None else gallery_t, distance, k, q_codes, g_codes
+        bands = streaming_topk_bands(
+            query_t, None if gallery is None else gallery_t, distance, k, q_codes, g_codes, memory_budget_mb
         )
+        values, indices = (torch.cat(parts) for parts in zip(*((v, i) for _, v, i in bands), strict=True))
         return to_reported_values(values, distance), indices
     all_values, all_indices = [], []
     rows = rows_per_block(len(gallery_t), memory_budget_mb)
