@@ -123,7 +123,9 @@ class TensorBoardLogger(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ConfigError(f"train.tensorboard is on but tensorboard is not installed: {LOGGERS_HINT}") from None
+            raise ConfigError(
+                f"train.tensorboard is on but tensorboard is not installed: {LOGGERS_HINT}"
+            ) from None
         self.make_writer = SummaryWriter
         self.run = run
         self.writer: Any = None

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 
-
 # Readable by all: mkstemp creates 0600 files, which another user or a web server could not read.
 FILE_MODE = 0o644
 

@@ -26,7 +26,13 @@ import numpy as np
 import torch
 import yaml
 
-from deepmetric.training.checkpoint import FILE_MODE, atomic_write, load_checkpoint, save_checkpoint, write_json
+from deepmetric.training.checkpoint import (
+    FILE_MODE,
+    atomic_write,
+    load_checkpoint,
+    save_checkpoint,
+    write_json,
+)
 from deepmetric.training.config import ExperimentConfig, load_config, to_dict
 
 log = logging.getLogger("deepmetric")
@@ -191,7 +197,9 @@ class RunFolder:
     def holds_run(self) -> bool:
         """Whether a run (any state) was started here."""
         return (
-            self.status_file.is_file() or self.checkpoint_file("last").is_file() or self.metrics_file.is_file()
+            self.status_file.is_file()
+            or self.checkpoint_file("last").is_file()
+            or self.metrics_file.is_file()
         )
 
     def completed(self) -> bool:
@@ -208,7 +216,9 @@ class RunFolder:
         self.check_start(resume)
         status = self.read_status()
         if not resume and self.holds_run():
-            log.info("replacing the %s run in %s (it wrote no checkpoint)", status and status["state"], self.path)
+            log.info(
+                "replacing the %s run in %s (it wrote no checkpoint)", status and status["state"], self.path
+            )
             self.clear()
         self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
         self.save_config(config)
@@ -242,7 +252,9 @@ class RunFolder:
         names = [self.CONFIG, self.STATUS, self.METRICS, self.LOG, self.TEXT_LOG, self.REPORT]
         found = [self.path / name for name in names if (self.path / name).is_file()]
         found += [path for path in (self.tensorboard_dir, self.mlflow_dir) if path.is_dir()]
-        found += [self.checkpoint_file(name) for name in CHECKPOINT_NAMES if self.checkpoint_file(name).is_file()]
+        found += [
+            self.checkpoint_file(name) for name in CHECKPOINT_NAMES if self.checkpoint_file(name).is_file()
+        ]
         found += list(self.checkpoints_dir.glob(".*.pt.*.tmp"))  # a save cut short
         if self.embeddings_dir.is_dir():
             found += sorted(self.embeddings_dir.glob("*_embeddings.npy"))

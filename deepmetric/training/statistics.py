@@ -75,7 +75,9 @@ def active_fraction(
         return None
     # a distance's positives are active beyond pos_margin and its negatives within neg_margin; reversed
     # for a similarity
-    active = (sign * (pos_values - loss.pos_margin) > 0).sum() + (sign * (loss.neg_margin - neg_values) > 0).sum()
+    active = (sign * (pos_values - loss.pos_margin) > 0).sum() + (
+        sign * (loss.neg_margin - neg_values) > 0
+    ).sum()
     return active.item() / total
 
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from deepmetric import hashing  # noqa: F401  (registers the hashing losses)
 from deepmetric.evaluation import evaluate
