@@ -189,6 +189,7 @@ class Trainer:
         self._log_handler = handler
 
     def _call(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` of every callback (there are none on ranks other than 0)."""
         for callback in self.callbacks:
             getattr(callback, hook)(*args)
 
@@ -300,8 +301,7 @@ class Trainer:
         record: dict[str, Any] = {"iteration": self.iteration, "eval": test}
         if self.data.validation is not None:
             record["validation"] = self.evaluate_split("validation")
-        if distributed.is_main():
-            self._call("on_evaluation", record)
+        self._call("on_evaluation", record)
         log.info("iteration %d: %s", self.iteration, _format(test))
         if self.data.validation is None:
             return
@@ -369,13 +369,10 @@ class Trainer:
         if self.resume:
             self._load("last")
             log.info("resumed from iteration %d", self.iteration)
-        main = distributed.is_main()
-        if main:
-            self._call("on_start", self)
+        self._call("on_start", self)
         if not self.resume:
             self.untrained = self.evaluate_split("test")
-            if main:
-                self._call("on_evaluation", {"iteration": 0, "eval": self.untrained})
+            self._call("on_evaluation", {"iteration": 0, "eval": self.untrained})
             log.info("untrained: %s", _format(self.untrained))
         label_map = torch.as_tensor(self.data.train_labels)
         loader = self._loader(self.iteration, config.iterations)
@@ -389,8 +386,7 @@ class Trainer:
             self.iteration += 1
             running.append(loss)
             stats.append(self._batch_stats)
-            if main:
-                self._call("on_step", self.iteration, loss)
+            self._call("on_step", self.iteration, loss)
             if config.log_every and (
                 self.iteration % config.log_every == 0 or self.iteration == config.iterations
             ):
@@ -401,8 +397,7 @@ class Trainer:
                     "elapsed": round(time.time() - started, 3),
                     **_window_means(stats),
                 }
-                if main:
-                    self._call("on_iteration", record)
+                self._call("on_iteration", record)
                 running, stats = [], []
             evaluating = (config.eval_every and self.iteration % config.eval_every == 0) or (
                 self.iteration == config.iterations
