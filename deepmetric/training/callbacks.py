@@ -4,8 +4,9 @@ The trainer calls, on rank 0 only (the rank that writes the run folder):
 
 - ``on_start(trainer)`` once the model is built and, when resuming, the checkpoint loaded;
 - ``on_step(iteration, loss)`` after every optimisation step;
-- ``on_iteration(record)`` every ``train.log_every`` iterations: ``iteration``, ``loss``, ``lr``,
-  ``elapsed`` and the batch statistics of :mod:`deepmetric.training.statistics`, averaged over the window;
+- ``on_iteration(record)`` every ``train.log_every`` iterations: ``iteration``, ``loss`` (the mean over
+  those iterations), ``lr``, ``elapsed`` and the batch statistics of :mod:`deepmetric.training.statistics`
+  (of the last batch);
 - ``on_evaluation(record)`` at each evaluation: ``iteration``, ``eval`` and, with validation classes,
   ``validation`` metrics (iteration 0 is the untrained model);
 - ``on_checkpoint(name, path)`` after ``last`` or ``best`` was written;

@@ -62,9 +62,6 @@ class RunFolder:
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
 
-    def __fspath__(self) -> str:
-        return str(self.path)
-
     # ------------------------------------------------------------ paths
 
     @property
@@ -117,11 +114,6 @@ class RunFolder:
 
     def labels_file(self, split: str) -> Path:
         return self.embeddings_dir / f"{split}_labels.npy"
-
-    @staticmethod
-    def evaluation_splits(test_split: str, gallery_split: str | None) -> tuple[str, ...]:
-        """The names the evaluation splits are saved under: the test split, or ``query`` and ``gallery``."""
-        return (test_split,) if gallery_split is None else ("query", "gallery")
 
     # ------------------------------------------------------------ writes
 

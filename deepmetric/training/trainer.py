@@ -350,9 +350,14 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        if self.config.train.log_every:
+        if self._log_due(self.iteration + 1):  # about the cost of the loss again: the logged batch only
             self._batch_stats = batch_statistics(embeddings, labels, indices, self.loss)
         return loss.item()
+
+    def _log_due(self, iteration: int) -> bool:
+        """Whether an iteration record is written after ``iteration`` steps."""
+        every = self.config.train.log_every
+        return bool(every) and (iteration % every == 0 or iteration == self.config.train.iterations)
 
     def fit(self) -> dict[str, Any]:
         """Train to ``train.iterations`` and return the final metrics; a failure marks the run failed."""
@@ -376,7 +381,7 @@ class Trainer:
             log.info("untrained: %s", _format(self.untrained))
         label_map = torch.as_tensor(self.data.train_labels)
         loader = self._loader(self.iteration, config.iterations)
-        started, running, stats = time.time(), [], []
+        started, running = time.time(), []
         for inputs, positions in loader:
             seed_everything(derive_seed(self.config.seed, self.iteration, 2**31))
             labels = label_map[positions].to(self.device)
@@ -385,20 +390,17 @@ class Trainer:
                 self.loss.set_progress(self.iteration, config.iterations)
             self.iteration += 1
             running.append(loss)
-            stats.append(self._batch_stats)
             self._call("on_step", self.iteration, loss)
-            if config.log_every and (
-                self.iteration % config.log_every == 0 or self.iteration == config.iterations
-            ):
+            if self._log_due(self.iteration):
                 record = {
                     "iteration": self.iteration,
                     "loss": float(np.mean(running)),
                     "lr": self.optimizer.param_groups[-1]["lr"],
                     "elapsed": round(time.time() - started, 3),
-                    **_window_means(stats),
+                    **self._batch_stats,
                 }
                 self._call("on_iteration", record)
-                running, stats = [], []
+                running = []
             evaluating = (config.eval_every and self.iteration % config.eval_every == 0) or (
                 self.iteration == config.iterations
             )
@@ -446,12 +448,6 @@ class Trainer:
         save_evaluation_embeddings(
             self.run if distributed.is_main() else None, self.config, self.data.evaluation, self.embed
         )
-
-
-def _window_means(stats: list[dict[str, float]]) -> dict[str, float]:
-    """Each batch statistic averaged over the iterations of a log window."""
-    keys = dict.fromkeys(key for record in stats for key in record)
-    return {key: float(np.mean([record[key] for record in stats if key in record])) for key in keys}
 
 
 def _format(metrics: dict[str, float]) -> str:
