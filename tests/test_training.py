@@ -43,10 +43,13 @@ def test_run_folder_contents(tmp_path):
         "log.jsonl",
         "train.log",
         "checkpoints/last.pt",
-        "checkpoints/best.pt",
+        "status.json",
     ):
         assert (run / name).is_file(), name
+    # no validation classes: nothing is selected (never on the test classes), so there is no best.pt
+    assert not (run / "checkpoints/best.pt").exists()
     saved = json.loads((run / "metrics.json").read_text())
+    assert saved["selected_on"] is None and saved["trained_checkpoint"] == "last"
     assert set(saved["untrained"]) == set(saved["trained"]) == {"recall@1", "nmi"}
     assert saved == json.loads(json.dumps(metrics))
     embeddings = np.load(run / "embeddings/test_embeddings.npy")

@@ -14,28 +14,28 @@ from deepmetric.training.config import ConfigError
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from deepmetric.training.config import load_config
+    """Embed the run's evaluation splits with its model and save them as the trainer does."""
     from deepmetric.training.data import build_data
-    from deepmetric.training.embed import embed_dataset, load_model
+    from deepmetric.training.embed import embed_dataset, load_model, save_evaluation_embeddings
+    from deepmetric.training.run_folder import RunFolder
 
-    run_dir = Path(args.run)
-    config = load_config(run_dir / "config.yaml")
-    model = load_model(run_dir, args.checkpoint)
+    run = RunFolder(args.run)
+    config = run.load_config()
+    model = load_model(run, args.checkpoint)
     data = build_data(config, model.backbone, "cpu")
-    folder = run_dir / "embeddings"
-    folder.mkdir(exist_ok=True)
-    for name, dataset in data.evaluation.items():
-        split = config.data.test_split if name == "test" else name
-        embeddings = embed_dataset(
+
+    def embed(dataset) -> np.ndarray:
+        return embed_dataset(
             model,
             dataset,
             batch_size=config.eval.batch_size,
             features=data.features,
             binarize=config.eval.binarize,
+            progress=True,
         )
-        np.save(folder / f"{split}_embeddings.npy", embeddings)
-        np.save(folder / f"{split}_labels.npy", np.asarray(dataset.labels))
-        print(f"{split}: {embeddings.shape[0]} x {embeddings.shape[1]} -> {folder}/{split}_embeddings.npy")
+
+    for split, embeddings in save_evaluation_embeddings(run, config, data.evaluation, embed).items():
+        print(f"{split}: {embeddings.shape[0]} x {embeddings.shape[1]} -> {run.embeddings_file(split)}")
 
 
 def megabytes(text: str) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from deepmetric.cli.common import (
@@ -19,21 +18,27 @@ DEMO_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi")
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or resume) a run; under ``torchrun`` every process runs this and rank 0 writes the run."""
+    """Train (or resume) a run; under ``torchrun`` every process runs this and rank 0 writes the run
+    and prints the final metrics."""
     from deepmetric.training import distributed, resume, train
 
     try:
         if args.config is None:
             if not (args.resume and args.out):
                 raise ConfigError("give a CONFIG file, or --resume with --out RUN to continue a run")
-            return resume(args.out)
-        config = load_config(args.config, args.overrides)
-        run_dir = run_dir_of(config, args.out)
-        if args.resume:
-            return resume(run_dir)
-        return train(config, run_dir)
+            metrics = resume(args.out)
+            names = list(metrics["trained"])
+        else:
+            config = load_config(args.config, args.overrides)
+            run_dir = run_dir_of(config, args.out)
+            metrics = resume(run_dir) if args.resume else train(config, run_dir)
+            names = config.eval.metrics
+        main = distributed.is_main()
     finally:
         distributed.teardown()
+    if main:
+        print_comparison(metrics, names)
+    return metrics
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,21 +60,27 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    """Train the demo; a second demo replaces the run folder of an earlier one (and nothing else)."""
     from deepmetric.training import train
-    from deepmetric.training.checkpoint import write_json
+    from deepmetric.training.run_folder import RunFolder
 
     overrides = list(args.overrides)
     if args.iterations is not None:
         overrides.append(f"train.iterations={args.iterations}")
     config = load_config(str(demo_config_path()), overrides)
-    run_dir = Path(args.out) if args.out else Path(config.output_dir) / config.name
-    if (run_dir / "checkpoints" / "last.pt").exists():
-        raise FileExistsError(f"{run_dir} already holds a demo run; choose another --out folder")
+    run = RunFolder(run_dir_of(config, args.out), origin="demo")
+    run_dir = run.path
+    if run.holds_run():
+        status = run.read_status()
+        if status is None or status.get("origin") != "demo":
+            raise FileExistsError(
+                f"{run_dir} holds a run that `deepmetric demo` did not write; choose another --out folder"
+            )
+        print(f"replacing the earlier demo run in {run_dir}")
+        run.clear()  # the demo's own files only: anything else in the folder stays
     print("deepmetric demo: scikit-learn digits, train on digits 0-4, retrieve among unseen digits 5-9")
-    metrics = train(config, run_dir)
+    metrics = train(config, run)
     print_comparison(metrics, DEMO_METRICS)
-    summary = {key: {m: metrics[key][m] for m in config.eval.metrics} for key in ("untrained", "trained")}
-    write_json(run_dir / "metrics.json", {**metrics, **summary})
     try:
         from deepmetric.viz.report import write_report
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from deepmetric.suites.runner import read_metrics, training_seconds
 from deepmetric.suites.suite import RunSpec, Suite, format_value
+from deepmetric.training.run_folder import RunFolder
 from deepmetric.viz.compare import GroupSummary, plot_metric_panels, plot_metric_vs_param, summarize
 from deepmetric.viz.figures import save_figure
 
@@ -59,7 +60,7 @@ def row_key(spec: RunSpec) -> str:
 
 def build_rows(specs: Sequence[RunSpec], metrics: Sequence[str]) -> list[Row]:
     """Group finished runs into rows, in grid order; unfinished runs are left out."""
-    finished = [spec for spec in specs if (spec.run_dir / "metrics.json").is_file()]
+    finished = [spec for spec in specs if RunFolder(spec.run_dir).completed()]
     if not finished:
         return []
     results = [result_of(spec) for spec in finished]

@@ -1,7 +1,7 @@
 """Running a suite's grid: each grid point is a normal run folder trained with deepmetric.training.train.
 
-Resumable: a run whose ``metrics.json`` exists is skipped, a run with ``checkpoints/last.pt`` but no
-metrics (killed) is resumed from that checkpoint, any other run is trained from scratch. A run folder
+Resumable: a completed run (``status.json``) is skipped, a run with ``checkpoints/last.pt`` that did not
+complete (killed or failed) is resumed from that checkpoint, any other run is trained from scratch. A run folder
 whose saved ``config.yaml`` differs from the grid point's config is refused (its results would belong to
 another protocol): delete it or choose another output folder.
 """
@@ -20,6 +20,7 @@ import yaml
 from deepmetric.suites.suite import RunSpec
 from deepmetric.training import resume, train
 from deepmetric.training.config import ConfigError, load_yaml, to_dict
+from deepmetric.training.run_folder import RunFolder
 
 log = logging.getLogger("deepmetric.bench")
 
@@ -41,7 +42,7 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
 
 def check_run_config(spec: RunSpec) -> None:
     """Refuse a run folder that holds a run of another config."""
-    path = spec.run_dir / "config.yaml"
+    path = RunFolder(spec.run_dir).config_file
     if not path.is_file():
         return
     difference = _first_difference(load_yaml(path), _plain(to_dict(spec.config)))
@@ -54,9 +55,10 @@ def check_run_config(spec: RunSpec) -> None:
 
 def run_state(spec: RunSpec) -> str:
     """``finished``, ``killed`` (a checkpoint to resume from) or ``new``."""
-    if (spec.run_dir / "metrics.json").is_file():
+    run = RunFolder(spec.run_dir)
+    if run.completed():
         return "finished"
-    if (spec.run_dir / "checkpoints" / "last.pt").is_file():
+    if run.checkpoint_file("last").is_file():
         return "killed"
     return "new"
 
@@ -98,15 +100,12 @@ def run_grid(
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: metrics.json not found (run not finished)")
-    return json.loads(path.read_text())
+    return RunFolder(run_dir).read_metrics()
 
 
 def training_seconds(run_dir: Path) -> float | None:
     """The training loop's time from the run's log (None for a run without training iterations)."""
-    path = Path(run_dir) / "log.jsonl"
+    path = RunFolder(run_dir).log_file
     if not path.is_file():
         return None
     elapsed = [json.loads(line).get("elapsed") for line in path.read_text().splitlines() if line.strip()]

@@ -12,12 +12,17 @@ from typing import Any
 import numpy as np
 import torch
 
+# Readable by all: mkstemp creates 0600 files, which another user or a web server could not read.
+FILE_MODE = 0o644
+
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it over ``path``
+    (mode :data:`FILE_MODE`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()

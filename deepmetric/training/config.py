@@ -124,7 +124,8 @@ class TrainConfig:
     amp: bool = False  # mixed precision (CUDA float16, CPU bfloat16)
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     grad_clip: float = 0.0  # clip the gradient norm (0: off)
-    tensorboard: bool = False
+    tensorboard: bool = False  # TensorBoard events in RUN/tensorboard (the loggers extra)
+    mlflow: bool = False  # an MLflow run in the file store RUN/mlruns (the loggers extra)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from deepmetric.models import EmbeddingModel
+from deepmetric.training.config import ExperimentConfig
+from deepmetric.training.run_folder import RunFolder
 
 
 @torch.no_grad()
@@ -46,23 +49,39 @@ def embed_dataset(
     return torch.cat(chunks).numpy()
 
 
+def save_evaluation_embeddings(
+    run: RunFolder | None,
+    config: ExperimentConfig,
+    datasets: dict[str, torch.utils.data.Dataset],
+    embed: Callable[[torch.utils.data.Dataset], np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Embed a run's evaluation splits (``test``, or ``query`` and ``gallery``) with ``embed`` and save them
+    in ``run`` (None: embed only, as the other ranks of a distributed run do). The trainer and
+    ``deepmetric embed`` both save through here, so the files always have the same names and contents."""
+    saved = {}
+    for name, dataset in datasets.items():
+        split = config.data.test_split if name == "test" else name
+        saved[split] = embeddings = embed(dataset).astype(np.float32)
+        if run is not None:
+            run.save_embeddings(split, embeddings, np.asarray(dataset.labels))
+    return saved
+
+
 def load_model(
-    run_dir: str | Path, checkpoint: str = "auto", device: str | torch.device = "cpu"
+    run_dir: str | Path | RunFolder, checkpoint: str = "auto", device: str | torch.device = "cpu"
 ) -> EmbeddingModel:
     """The model trained in ``run_dir``, ready to embed images (``model.input_spec`` gives its transform).
 
     ``checkpoint``: ``best``, ``last``, or ``auto`` (the one whose metrics ``metrics.json`` reports).
     Pretrained weights are not downloaded again: the checkpoint holds every weight.
     """
-    from deepmetric.training.checkpoint import load_checkpoint
     from deepmetric.training.components import build_model
-    from deepmetric.training.config import load_config
 
-    run_dir = Path(run_dir)
-    config = load_config(run_dir / "config.yaml")
+    run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+    config = run.load_config()
     if checkpoint == "auto":
-        checkpoint = selected_checkpoint(run_dir)
-    state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=device)
+        checkpoint = run.selected_checkpoint()
+    state = run.load_checkpoint(checkpoint, map_location=device)
     config.model.pretrained, config.model.weights = False, None
     model = build_model(config)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
@@ -78,11 +97,7 @@ def load_model(
     return model.to(device).eval()
 
 
-def selected_checkpoint(run_dir: Path) -> str:
+def selected_checkpoint(run_dir: str | Path | RunFolder) -> str:
     """``best`` when the run selected on validation classes, else ``last`` (see metrics.json)."""
-    import json
-
-    metrics = run_dir / "metrics.json"
-    if metrics.exists():
-        return json.loads(metrics.read_text()).get("trained_checkpoint", "last")
-    return "last"
+    run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+    return run.selected_checkpoint()

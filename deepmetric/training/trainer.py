@@ -4,13 +4,15 @@ Reproducibility: every random draw of an iteration (which samples, their augment
 miners) is seeded from ``(config.seed, iteration)``, so a run killed and resumed from its last checkpoint
 continues with exactly the batches and updates an uninterrupted run would have made.
 
-The run folder (see ``docs/run-folder.md``) holds ``config.yaml``, ``checkpoints/{last,best}.pt``
-(written atomically), ``log.jsonl``, ``train.log``, ``metrics.json`` and ``embeddings/``.
+The run folder (:class:`~deepmetric.training.run_folder.RunFolder`, ``docs/run-folder.md``) holds
+``config.yaml``, ``status.json``, ``checkpoints/last.pt`` (and ``best.pt`` when checkpoints are selected on
+validation classes), ``log.jsonl``, ``train.log``, ``metrics.json`` and ``embeddings/``. Logging and
+progress are :mod:`~deepmetric.training.callbacks`; a run that raises is marked ``failed`` in
+``status.json`` (``interrupted`` for Ctrl-C) before the error goes on.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -21,18 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from deepmetric.evaluation import evaluate
 from deepmetric.samplers import PKSampler
 from deepmetric.training import distributed
-from deepmetric.training.checkpoint import (
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    write_json,
-)
+from deepmetric.training.callbacks import Callback, build_callbacks
+from deepmetric.training.checkpoint import rng_state, set_rng_state
 from deepmetric.training.components import (
     accepts_progress,
     batch_indices,
@@ -43,9 +39,11 @@ from deepmetric.training.components import (
     build_optimizer,
     build_scheduler,
 )
-from deepmetric.training.config import ExperimentConfig, load_config, save_config
+from deepmetric.training.config import ExperimentConfig
 from deepmetric.training.data import ExperimentData, build_data
-from deepmetric.training.embed import embed_dataset
+from deepmetric.training.embed import embed_dataset, save_evaluation_embeddings
+from deepmetric.training.run_folder import RunFolder
+from deepmetric.training.statistics import batch_statistics
 
 log = logging.getLogger("deepmetric")
 
@@ -122,15 +120,37 @@ class _Batches(torch.utils.data.Sampler):
 
 
 class Trainer:
-    """Trains the model of ``config`` in ``run_dir``; ``fit()`` returns the final metrics."""
+    """Trains the model of ``config`` in ``run_dir``; ``fit()`` returns the final metrics.
 
-    def __init__(self, config: ExperimentConfig, run_dir: str | Path, resume: bool = False) -> None:
+    ``callbacks`` are called on rank 0 besides the built-ins the config asks for (see
+    :mod:`deepmetric.training.callbacks`).
+    """
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run_dir: str | Path | RunFolder,
+        resume: bool = False,
+        callbacks: list[Callback] | None = None,
+    ) -> None:
         self.config = config
-        self.run_dir = Path(run_dir)
+        self.run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+        self.run_dir = self.run.path
         self.resume = resume
         self.device = distributed.setup(resolve_device(config.train.device))  # cuda:LOCAL_RANK under torchrun
-        self.checkpoints = self.run_dir / "checkpoints"
+        self.run.check_start(resume)
+        self.callbacks: list[Callback] = []
+        if distributed.is_main():  # rank 0 alone writes the run folder
+            self.callbacks = [*build_callbacks(self.run, config), *(callbacks or [])]
         self._prepare_run_dir()
+        try:
+            self._build()
+        except BaseException as error:
+            self._fail(error)
+            raise
+
+    def _build(self) -> None:
+        config = self.config
         seed_everything(config.seed)
         self.model = build_model(config).to(self.device)
         with distributed.main_first():  # downloads and feature caches are written once
@@ -150,61 +170,42 @@ class Trainer:
         self.iteration = 0
         self.best: dict[str, Any] = {"score": None, "iteration": None}
         self.untrained: dict[str, float] | None = None
-        self.writer = self._tensorboard() if config.train.tensorboard and distributed.is_main() else None
+        self._batch_stats: dict[str, float] = {}  # of the last step, for the iteration records
 
     # ------------------------------------------------------------ run folder and logs
 
     def _prepare_run_dir(self) -> None:
-        last = self.checkpoints / "last.pt"
-        if last.exists() and not self.resume:
-            raise FileExistsError(
-                f"run folder {self.run_dir} already holds a run; pass --resume to continue it, "
-                "or choose another name or --out folder"
-            )
-        if self.resume and not last.exists():
-            raise FileNotFoundError(f"cannot resume: no checkpoint at {last}")
         if not distributed.is_main():  # rank 0 alone writes the run folder
             self._log_handler: logging.Handler = logging.NullHandler()
             return
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, self.run_dir / "config.yaml")
-        handler = logging.FileHandler(self.run_dir / "train.log")
+        self.run.start(self.config, self.resume)
+        if not self.resume:
+            self.run.create_log(self.run.text_log_file)
+        handler = logging.FileHandler(self.run.text_log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         self._log_handler = handler
 
-    def _tensorboard(self) -> Any:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            log.warning("train.tensorboard is on but tensorboard is not installed: pip install tensorboard")
-            return None
-        return SummaryWriter(self.run_dir / "tensorboard")
+    def _call(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` of every callback (there are none on ranks other than 0)."""
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args)
 
-    def _log_json(self, record: dict[str, Any]) -> None:
-        if not distributed.is_main():
-            return
-        with open(self.run_dir / "log.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, dict):
-                    for metric, number in value.items():
-                        self.writer.add_scalar(f"{key}/{metric}", number, record["iteration"])
-                elif key != "iteration":
-                    self.writer.add_scalar(f"train/{key}", value, record["iteration"])
+    def _close(self) -> None:
+        for callback in self.callbacks:
+            callback.close()
+        log.removeHandler(self._log_handler)
+        self._log_handler.close()
 
-    def _truncate_log(self) -> None:
-        """Drop log lines written after the checkpoint we resume from (the killed run's lost work)."""
-        path = self.run_dir / "log.jsonl"
-        if path.exists() and distributed.is_main():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if json.loads(line)["iteration"] <= self.iteration
-            ]
-            path.write_text("".join(line + "\n" for line in kept))
+    def _fail(self, error: BaseException) -> None:
+        """Mark the run failed (interrupted for Ctrl-C) with its error, and close the logs."""
+        if distributed.is_main():
+            state = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            message = f"{type(error).__name__}: {error}".splitlines()[0]
+            log.error("run %s at iteration %d: %s", state, getattr(self, "iteration", 0), message)
+            self.run.write_status(state, iteration=getattr(self, "iteration", 0), error=message)
+        self._close()
 
     # ------------------------------------------------------------ checkpoints
 
@@ -237,11 +238,14 @@ class Trainer:
 
     def _save(self, name: str) -> None:
         if distributed.is_main():
-            save_checkpoint(self.checkpoints / name, self._state())
+            path = self.run.save_checkpoint(name, self._state())
+            if name == "last":
+                self.run.write_status("running", iteration=self.iteration, last_checkpoint=self.iteration)
+            self._call("on_checkpoint", name, path)
         distributed.barrier()  # no rank reads a checkpoint before it is complete
 
-    def _load(self, path: Path) -> None:
-        state = load_checkpoint(path, map_location=self.device)
+    def _load(self, name: str) -> None:
+        state = self.run.load_checkpoint(name, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -295,18 +299,21 @@ class Trainer:
         return distributed.embed_in_shards(run, dataset, self.device)
 
     def _evaluate_and_select(self) -> None:
+        """Evaluate on the test split and, with validation classes, select ``best.pt`` on them: never on
+        the test classes, whose numbers are what the run reports."""
         test = self.evaluate_split("test")
         record: dict[str, Any] = {"iteration": self.iteration, "eval": test}
-        selection = test
         if self.data.validation is not None:
-            selection = record["validation"] = self.evaluate_split("validation")
-        self._log_json(record)
-        metric = self.config.train.best_metric
-        score = selection[metric]
+            record["validation"] = self.evaluate_split("validation")
+        self._call("on_evaluation", record)
         log.info("iteration %d: %s", self.iteration, _format(test))
+        if self.data.validation is None:
+            return
+        metric = self.config.train.best_metric
+        score = record["validation"][metric]
         if self.best["score"] is None or score > self.best["score"]:
             self.best = {"score": score, "iteration": self.iteration, "metric": metric}
-            self._save("best.pt")
+            self._save("best")
 
     # ------------------------------------------------------------ training
 
@@ -347,29 +354,37 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self._log_due(self.iteration + 1):  # about the cost of the loss again: the logged batch only
+            self._batch_stats = batch_statistics(embeddings, labels, indices, self.loss)
         return loss.item()
 
+    def _log_due(self, iteration: int) -> bool:
+        """Whether an iteration record is written after ``iteration`` steps."""
+        every = self.config.train.log_every
+        return bool(every) and (iteration % every == 0 or iteration == self.config.train.iterations)
+
     def fit(self) -> dict[str, Any]:
+        """Train to ``train.iterations`` and return the final metrics; a failure marks the run failed."""
+        try:
+            metrics = self._fit()
+        except BaseException as error:
+            self._fail(error)
+            raise
+        self._close()
+        return metrics
+
+    def _fit(self) -> dict[str, Any]:
         config = self.config.train
         if self.resume:
-            self._load(self.checkpoints / "last.pt")
-            self._truncate_log()
+            self._load("last")
             log.info("resumed from iteration %d", self.iteration)
-        else:
-            if distributed.is_main():
-                (self.run_dir / "log.jsonl").write_text("")
+        self._call("on_start", self)
+        if not self.resume:
             self.untrained = self.evaluate_split("test")
-            self._log_json({"iteration": 0, "eval": self.untrained})
+            self._call("on_evaluation", {"iteration": 0, "eval": self.untrained})
             log.info("untrained: %s", _format(self.untrained))
         label_map = torch.as_tensor(self.data.train_labels)
         loader = self._loader(self.iteration, config.iterations)
-        progress = tqdm(
-            total=config.iterations,
-            initial=self.iteration,
-            desc="train",
-            dynamic_ncols=True,
-            disable=not distributed.is_main(),
-        )
         started, running = time.time(), []
         for inputs, positions in loader:
             seed_everything(derive_seed(self.config.seed, self.iteration, 2**31))
@@ -379,18 +394,16 @@ class Trainer:
                 self.loss.set_progress(self.iteration, config.iterations)
             self.iteration += 1
             running.append(loss)
-            progress.update()
-            if config.log_every and (
-                self.iteration % config.log_every == 0 or self.iteration == config.iterations
-            ):
+            self._call("on_step", self.iteration, loss)
+            if self._log_due(self.iteration):
                 record = {
                     "iteration": self.iteration,
                     "loss": float(np.mean(running)),
                     "lr": self.optimizer.param_groups[-1]["lr"],
                     "elapsed": round(time.time() - started, 3),
+                    **self._batch_stats,
                 }
-                self._log_json(record)
-                progress.set_postfix(loss=f"{record['loss']:.4f}")
+                self._call("on_iteration", record)
                 running = []
             evaluating = (config.eval_every and self.iteration % config.eval_every == 0) or (
                 self.iteration == config.iterations
@@ -398,51 +411,47 @@ class Trainer:
             if evaluating:
                 self._evaluate_and_select()
             if evaluating or (config.checkpoint_every and self.iteration % config.checkpoint_every == 0):
-                self._save("last.pt")
-        progress.close()
-        if self.iteration == 0 or (config.iterations == 0 and not (self.checkpoints / "last.pt").exists()):
+                self._save("last")
+        if self.iteration == 0 or (config.iterations == 0 and not self.run.checkpoint_file("last").exists()):
             self._evaluate_and_select()
-            self._save("last.pt")
+            self._save("last")
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
-        """Evaluate the selected checkpoint on the test split, save embeddings and metrics.json."""
-        selected = "best" if self.data.validation is not None else "last"
-        if selected == "best":
-            state = load_checkpoint(self.checkpoints / "best.pt", map_location=self.device)
-            self.model.load_state_dict(state["model"])
+        """Evaluate the selected checkpoint on the test split, save embeddings and metrics.json.
+
+        Without validation classes nothing is selected: the final model (``last.pt``) is reported and
+        ``selected_on`` is null, so that no choice is ever made on the test classes.
+        """
+        validated = self.data.validation is not None
+        if validated:
+            self.model.load_state_dict(self.run.load_checkpoint("best", map_location=self.device)["model"])
         trained = self.evaluate_split("test")
         metrics = {
             "untrained": self.untrained,
             "trained": trained,
-            "trained_checkpoint": selected,
-            "best_iteration": self.best["iteration"],
-            "best_metric": self.config.train.best_metric,
-            "best_score": self.best["score"],
-            "selected_on": "validation" if self.data.validation is not None else "test",
+            "trained_checkpoint": "best" if validated else "last",
+            "best_iteration": self.best["iteration"] if validated else None,
+            "best_metric": self.config.train.best_metric if validated else None,
+            "best_score": self.best["score"] if validated else None,
+            "selected_on": "validation" if validated else None,
             "iterations": self.iteration,
         }
         if distributed.is_main():
-            write_json(self.run_dir / "metrics.json", metrics)
+            self.run.save_metrics(metrics)
         if self.config.eval.save_embeddings:
             self.save_embeddings()
-        log.info("trained (%s checkpoint): %s", selected, _format(trained))
-        if self.writer is not None:
-            self.writer.close()
-        log.removeHandler(self._log_handler)
-        self._log_handler.close()
+        log.info("trained (%s checkpoint): %s", metrics["trained_checkpoint"], _format(trained))
+        if distributed.is_main():
+            self.run.write_status("completed", iteration=self.iteration)
+            self._call("on_end", metrics)
         return metrics
 
     def save_embeddings(self) -> None:
-        folder = self.run_dir / "embeddings"
-        if distributed.is_main():
-            folder.mkdir(exist_ok=True)
-        for name, dataset in self.data.evaluation.items():
-            split = self.config.data.test_split if name == "test" else name
-            embeddings = self.embed(dataset).astype(np.float32)  # every rank embeds its shard
-            if distributed.is_main():
-                np.save(folder / f"{split}_embeddings.npy", embeddings)
-                np.save(folder / f"{split}_labels.npy", np.asarray(dataset.labels))
+        """The evaluation splits' embeddings in ``embeddings/``; every rank embeds its shard."""
+        save_evaluation_embeddings(
+            self.run if distributed.is_main() else None, self.config, self.data.evaluation, self.embed
+        )
 
 
 def _format(metrics: dict[str, float]) -> str:
@@ -450,14 +459,18 @@ def _format(metrics: dict[str, float]) -> str:
 
 
 def train(
-    config: ExperimentConfig, run_dir: str | Path | None = None, resume: bool = False
+    config: ExperimentConfig,
+    run_dir: str | Path | RunFolder | None = None,
+    resume: bool = False,
+    callbacks: list[Callback] | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` in ``run_dir`` (default ``output_dir/name``) and return its metrics."""
-    run_dir = Path(run_dir) if run_dir is not None else Path(config.output_dir) / config.name
-    return Trainer(config, run_dir, resume=resume).fit()
+    if run_dir is None:
+        run_dir = Path(config.output_dir) / config.name
+    return Trainer(config, run_dir, resume=resume, callbacks=callbacks).fit()
 
 
-def resume(run_dir: str | Path) -> dict[str, Any]:
+def resume(run_dir: str | Path | RunFolder, callbacks: list[Callback] | None = None) -> dict[str, Any]:
     """Continue a killed run from its last checkpoint, with the config saved in the run folder."""
-    run_dir = Path(run_dir)
-    return Trainer(load_config(run_dir / "config.yaml"), run_dir, resume=True).fit()
+    run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+    return Trainer(run.load_config(), run, resume=True, callbacks=callbacks).fit()

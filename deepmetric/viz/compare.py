@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
@@ -24,6 +23,7 @@ import yaml
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from deepmetric.training.run_folder import RunFolder
 from deepmetric.viz.figures import figure_and_axes, figure_data_uri, new_figure, save_figure
 from deepmetric.viz.report import render_page
 
@@ -71,14 +71,12 @@ def results_from_runs(
     """Results from run folders: group = config field ``group_by``, seed = ``config.seed``, metrics =
     ``metrics.json[stage]``, params = the config fields named in ``params``."""
     results = []
-    for run_dir in map(Path, run_dirs):
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        metrics_path = run_dir / "metrics.json"
-        if not metrics_path.is_file():
-            raise FileNotFoundError(f"{run_dir}: metrics.json not found (run not finished?)")
-        metrics = json.loads(metrics_path.read_text())
+    for run in map(RunFolder, run_dirs):
+        run_dir = run.path
+        config = yaml.safe_load(run.config_file.read_text()) or {}
+        metrics = run.read_metrics()
         if stage not in metrics:
-            raise ValueError(f"{metrics_path} has no {stage!r} metrics (keys: {sorted(metrics)})")
+            raise ValueError(f"{run.metrics_file} has no {stage!r} metrics (keys: {sorted(metrics)})")
         results.append(
             {
                 "group": str(config_value(config, group_by)),

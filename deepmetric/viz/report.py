@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from deepmetric.distances import get_distance
+from deepmetric.training.run_folder import RunFolder
 from deepmetric.viz.curves import (
     metric_at_k,
     plot_precision_recall,
@@ -39,8 +40,6 @@ from deepmetric.viz.figures import figure_data_uri
 from deepmetric.viz.retrieval_grid import choose_queries, plot_retrieval_grid, plot_worst_queries
 
 logger = logging.getLogger(__name__)
-
-REPORT_NAME = "report.html"
 
 
 @dataclass
@@ -87,17 +86,17 @@ def _read_optional_json(path: Path) -> tuple[dict | None, str | None]:
 
 
 def _load_split(
-    run_dir: Path, data_cfg: Mapping, file_names: list[str], split: str
+    run: RunFolder, data_cfg: Mapping, file_names: list[str], split: str
 ) -> tuple[EmbeddingSet | None, str | None]:
     """The saved embeddings found under the first existing name in ``file_names``, with their dataset."""
-    folder = run_dir / "embeddings"
     for name in file_names:
-        embeddings_path = folder / f"{name}_embeddings.npy"
-        labels_path = folder / f"{name}_labels.npy"
+        embeddings_path, labels_path = run.embeddings_file(name), run.labels_file(name)
         if embeddings_path.is_file() and labels_path.is_file():
             break
     else:
-        wanted = " or ".join(f"embeddings/{n}_embeddings.npy (+ _labels.npy)" for n in file_names)
+        wanted = " or ".join(
+            f"{run.embeddings_file(n).relative_to(run.path)} (+ _labels.npy)" for n in file_names
+        )
         return None, f"no saved embeddings: {wanted} not found"
     embeddings, labels = np.load(embeddings_path), np.load(labels_path)
     if embeddings.ndim != 2 or labels.ndim != 1 or len(labels) != len(embeddings):
@@ -166,7 +165,7 @@ def metrics_table_html(metrics: Mapping[str, Any]) -> str:
             f'<td class="{diff_class}">{diff_text}</td></tr>'
         )
     extra = []
-    if "best_iteration" in metrics:
+    if metrics.get("best_iteration") is not None:  # null: no checkpoint was selected
         extra.append(
             f"Best checkpoint: iteration {_esc(metrics['best_iteration'])}"
             + (f" by {_esc(metrics['best_metric'])}" if metrics.get("best_metric") else "")
@@ -205,7 +204,7 @@ def _curves_section(metrics: Mapping | None, log_path: Path) -> str:
             _figure_html(lambda: plot_precision_recall(pr_curves), "Precision-recall (Hamming radii)")
         )
     if not log_path.is_file():
-        parts.append(_note("log.jsonl is missing: no training curves."))
+        parts.append(_note(f"{log_path.name} is missing: no training curves."))
     else:
         try:
             records = read_log(log_path)
@@ -353,17 +352,17 @@ def write_report(
     ``seed``); retrieval always searches the full gallery. The grids show ``num_queries`` random queries and
     as many worst queries, each with its ``top_k`` results.
     """
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
+    run = RunFolder(run_dir)
+    run_dir, config_path = run.path, run.config_file
     if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: config.yaml not found")
+        raise FileNotFoundError(f"{run_dir} is not a run folder: {config_path.name} not found")
     config = yaml.safe_load(config_path.read_text()) or {}
     if not isinstance(config, Mapping):
         raise ValueError(f"{config_path} must hold a YAML mapping, got {type(config).__name__}")
     data_cfg = config.get("data") or {}
     distance = (config.get("eval") or {}).get("distance") or "cosine"  # evaluation's default
 
-    metrics, metrics_problem = _read_optional_json(run_dir / "metrics.json")
+    metrics, metrics_problem = _read_optional_json(run.metrics_file)
     sections = [
         (
             "metrics",
@@ -372,18 +371,18 @@ def write_report(
             if metrics is not None
             else _note(f"No metrics: {metrics_problem}.", "warn"),
         ),
-        ("curves", "Curves", _curves_section(metrics, run_dir / "log.jsonl")),
+        ("curves", "Curves", _curves_section(metrics, run.log_file)),
     ]
 
     test_split = data_cfg.get("test_split") or "test"
     gallery_split = data_cfg.get("gallery_split")
     # the trainer saves "<test_split>" embeddings, or "query" and "gallery" ones in that protocol
     query_names = [test_split] if gallery_split is None else list(dict.fromkeys(["query", test_split]))
-    query, query_problem = _load_split(run_dir, data_cfg, query_names, test_split)
+    query, query_problem = _load_split(run, data_cfg, query_names, test_split)
     gallery, gallery_problem = None, None
     if gallery_split is not None:
         gallery, gallery_problem = _load_split(
-            run_dir, data_cfg, list(dict.fromkeys(["gallery", gallery_split])), gallery_split
+            run, data_cfg, list(dict.fromkeys(["gallery", gallery_split])), gallery_split
         )
     if query is None:
         embedding_html = _note(f"No embedding map: {query_problem}.", "warn")
@@ -407,6 +406,4 @@ def write_report(
     ]
     name = config.get("name") or run_dir.name
     subtitle = f"Run folder {run_dir.resolve()} · dataset {data_cfg.get('name')} · distance {distance}"
-    path = run_dir / REPORT_NAME
-    path.write_text(render_page(f"deepmetric report: {name}", subtitle, sections), encoding="utf-8")
-    return path
+    return run.write_text(run.report_file, render_page(f"deepmetric report: {name}", subtitle, sections))
