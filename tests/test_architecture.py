@@ -22,7 +22,7 @@ PACKAGE = ROOT / "deepmetric"
 # Top-level units of deepmetric by layer; a unit imports from its own layer or below, never above.
 # Units not listed (new command-line, API, service or export modules) count as the top layer.
 LAYERS = [
-    {"registry", "distances", "masks", "reducers", "checks", "linalg", "native", "samplers"}
+    {"registry", "distances", "masks", "reducers", "checks", "linalg", "native", "samplers", "extras"}
     | {"losses", "miners", "data", "models"},
     {"evaluation", "retrieval", "hashing"},
     {"training", "viz", "suites"},
@@ -71,13 +71,23 @@ def resolve(importer: str, node: ast.Import | ast.ImportFrom) -> list[tuple[str,
     return list(targets.items())
 
 
+def type_checking_only(tree: ast.Module) -> set[int]:
+    """Ids of the import statements under ``if TYPE_CHECKING:``: annotations only, never run."""
+    guarded = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            guarded.update(id(child) for statement in node.body for child in ast.walk(statement))
+    return guarded
+
+
 def import_graph() -> dict[str, dict[str, list[str]]]:
-    """importer -> {imported module: names taken from it}, over every import statement of the package."""
+    """importer -> {imported module: names taken from it}, over every import statement that runs."""
     graph: dict[str, dict[str, list[str]]] = {}
     for module, path in MODULES.items():
         edges = graph.setdefault(module, {})
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in type_checking_only(tree):
                 for target, names in resolve(module, node):
                     edges.setdefault(target, []).extend(names)
     return graph

@@ -177,7 +177,7 @@ CASES = [
     Case("unknown-metric", "cli", [*EVAL, "--metrics", "recal@1"], expected="recal@1"),
     Case("unknown-distance", "cli", [*EVAL, "--distance", "manhattan"], expected="manhattan"),
     Case("run-without-embeddings", "cli", ["evaluate", "run"], expected="no saved embeddings"),
-    Case("demo-over-a-run", "cli", ["demo", "--out", "old"], demo_run, expected="already holds a demo run"),
+    Case("demo-over-a-run", "cli", ["demo", "--out", "old"], demo_run, expected="did not write"),
     # ---- config files and overrides
     Case("config-missing", "config", ["train", "nothere.yaml"], expected="config file not found"),
     Case(
@@ -322,12 +322,12 @@ CASES = [
         expected="classes must be 'train', 'test' or 'all'",
     ),
     # ---- checkpoints and run folders
-    Case("embed-not-a-run", "checkpoint", ["embed", "norun"], expected="config file not found"),
+    Case("embed-not-a-run", "checkpoint", ["embed", "norun"], expected="is not a run folder"),
     Case(
         "checkpoint-missing",
         "checkpoint",
         ["embed", "run", "--checkpoint", "best"],
-        expected="checkpoint not found",
+        expected="best.pt not found",
     ),
     Case(
         "checkpoint-truncated",

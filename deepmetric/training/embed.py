@@ -84,7 +84,7 @@ def load_model(
     state = run.load_checkpoint(checkpoint, map_location=device)
     config.model.pretrained, config.model.weights = False, None
     model = build_model(config)
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    path = run.checkpoint_file(checkpoint)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise ValueError(f"{path} is not a deepmetric checkpoint (no model weights in it)")
     try:
@@ -92,7 +92,7 @@ def load_model(
     except RuntimeError as error:  # missing/unexpected keys, shape mismatches
         reason = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
         raise ValueError(
-            f"{path} does not fit the model of {run_dir / 'config.yaml'} (another config's checkpoint?): {reason}"
+            f"{path} does not fit the model of {run.config_file} (another config's checkpoint?): {reason}"
         ) from error
     return model.to(device).eval()
 
