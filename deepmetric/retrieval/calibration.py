@@ -107,7 +107,7 @@ def as_distance(values: np.ndarray, distance: str) -> np.ndarray:
     name = get_distance(distance).name
     values = np.asarray(values, dtype=np.float64)
     if name == "cosine":
-        return 1.0 - values
+        return np.clip(1.0 - values, 0.0, 2.0)  # rounding can push a similarity past 1
     return -values if get_distance(name).is_similarity else values
 
 
