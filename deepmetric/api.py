@@ -321,16 +321,33 @@ def load(
     if not (source / "checkpoints" / f"{chosen}.pt").is_file():
         raise FileNotFoundError(f"{source} has no checkpoint {chosen}.pt")
     config = load_config(source / "config.yaml")
-    network = load_model(source, chosen, device)
+    return from_model(
+        load_model(source, chosen, device),
+        config.eval.distance,
+        device,
+        {"run": str(source.resolve()), "checkpoint": chosen},
+        config,
+    )
+
+
+def from_model(
+    network: nn.Module,
+    distance: str = "cosine",
+    device: str = "cpu",
+    source: dict[str, Any] | None = None,
+    config: Any = None,
+) -> LoadedModel:
+    """Wrap an :class:`~deepmetric.models.EmbeddingModel` (anything with ``input_spec`` and
+    ``embedding_size``) built in Python; indexes it builds cannot be reloaded without ``model=``."""
     spec = network.input_spec
     module = nn.Sequential(InputNormalization(spec), network).to(device).eval()
     return LoadedModel(
         spec,
         _TorchRunner(module, device),
         model_fingerprint(network, spec),
-        config.eval.distance,
+        distance,
         network.embedding_size,
-        {"run": str(source.resolve()), "checkpoint": chosen},
+        source or {},
         config=config,
         module=module,
     )

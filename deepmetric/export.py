@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -79,7 +80,9 @@ def export_model(model: LoadedModel, path: str | Path, export_format: str = "onn
                     dynamo=False,
                 )
             else:
-                torch.jit.save(torch.jit.trace(module, example), str(temporary))
+                with warnings.catch_warnings():  # TorchScript is deprecated in recent torch; still asked for
+                    warnings.simplefilter("ignore", FutureWarning)
+                    torch.jit.save(torch.jit.trace(module, example), str(temporary))
         _publish(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
