@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image
 
@@ -67,6 +68,11 @@ def create_app(
     @app.exception_handler(UploadError)
     async def upload_error(_request: Request, error: UploadError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'request'}: {e['msg']}" for e in error.errors())
+        return JSONResponse({"error": f"bad request: {problems}"}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
