@@ -153,7 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ImportError as error:
         raise ConfigError(f"serve needs fastapi, uvicorn and python-multipart: {error}") from None
     index = deepmetric.load_index(args.index)
-    print(f"serving {len(index)} images on http://{args.host}:{args.port}/")
+    print(f"serving {len(index)} images on http://{args.host}:{args.port}/", flush=True)
     serve(index, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), default_k=args.k)
 
 
