@@ -40,9 +40,16 @@ from deepmetric.data.transforms import ConvertChannels
 from deepmetric.models.backbones import InputSpec
 from deepmetric.models.features import backbone_fingerprint
 from deepmetric.retrieval import Index
-from deepmetric.retrieval.calibration import Threshold, as_distance, choose_threshold, pair_distances
+from deepmetric.retrieval.calibration import (
+    Threshold,
+    as_distance,
+    choose_threshold,
+    pair_distances,
+    roc_points,
+)
 
 SIDECAR_FORMAT = "deepmetric-export-1"
+ROC_POINTS = 200  # ROC points kept with a calibration (for report.html)
 
 
 class InputNormalization(nn.Module):
@@ -473,7 +480,19 @@ class ImageIndex:
         vectors = self.model.embed_items(items, batch_size, progress)
         distances, is_same = pair_distances(vectors, np.asarray(labels), self.index.distance_name)
         chosen = choose_threshold(distances, is_same, target_precision, target_false_match_rate)
-        self.index.info["calibration"] = {**chosen.as_dict(), "data": described, "num_items": len(items)}
+        false_rate, true_rate, thresholds = roc_points(distances, is_same)
+        keep = np.unique(np.linspace(0, len(thresholds) - 1, ROC_POINTS).round().astype(int))
+        roc = {
+            "false_match_rate": false_rate[keep].tolist(),
+            "true_match_rate": true_rate[keep].tolist(),
+            "thresholds": thresholds[keep].tolist(),
+        }
+        self.index.info["calibration"] = {
+            **chosen.as_dict(),
+            "data": described,
+            "num_items": len(items),
+            "roc": roc,
+        }
         return chosen
 
     def match(self, queries: Any, batch_size: int = 64) -> list[Hit | None]:

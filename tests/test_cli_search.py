@@ -46,6 +46,12 @@ def test_calibrate_then_search_reports_matches(image_run, tmp_path, capsys):
     assert "threshold" in capsys.readouterr().out
     stored = json.loads((out / "metadata.json").read_text())["info"]["calibration"]
     assert json.loads((run / "calibration.json").read_text()) == stored
+    roc = stored["roc"]
+    assert roc["true_match_rate"][-1] == roc["false_match_rate"][-1] == 1
+    assert main(["report", str(run)]) == 0
+    capsys.readouterr()
+    page = (run / "report.html").read_text()
+    assert 'alt="Match threshold ROC"' in page and f"{stored['threshold']}" in page
     assert main(["search", str(out), str(folder / "class_4" / "img_1.png"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["match"] == "class_4"
 
