@@ -73,7 +73,12 @@ def geometry_transform(spec: InputSpec) -> Callable[[Image.Image], torch.Tensor]
     """The image side of preprocessing: PIL image -> ``channels x size x size`` float tensor in 0..1
     (the evaluation pipeline of :func:`deepmetric.data.transforms.build_transform` minus normalisation)."""
     return T.Compose(
-        [ConvertChannels(spec.channels), T.Resize(spec.resize_size), T.CenterCrop(spec.image_size), T.ToTensor()]
+        [
+            ConvertChannels(spec.channels),
+            T.Resize(spec.resize_size),
+            T.CenterCrop(spec.image_size),
+            T.ToTensor(),
+        ]
     )
 
 
@@ -213,7 +218,9 @@ class _OnnxRunner:
         try:
             import onnxruntime
         except ImportError:
-            raise ValueError("embedding with an ONNX model needs onnxruntime (pip install onnxruntime)") from None
+            raise ValueError(
+                "embedding with an ONNX model needs onnxruntime (pip install onnxruntime)"
+            ) from None
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -291,7 +298,9 @@ class LoadedModel:
         if data.validation_classes <= 0:
             raise ValueError("the run has no validation split (data.validation_classes is 0)")
         train = get_dataset(data.name, root=data.root, split=data.train_split, **data.options)
-        held_out = split_validation_classes(np.asarray(train.labels), data.validation_classes, self.config.seed)
+        held_out = split_validation_classes(
+            np.asarray(train.labels), data.validation_classes, self.config.seed
+        )
         return subset(train, held_out)
 
 
@@ -318,7 +327,9 @@ def load(
             {"onnx": str(source.resolve())},
         )
     if not (source / "config.yaml").is_file():
-        raise FileNotFoundError(f"{source} is neither a run folder (no config.yaml) nor an exported .onnx file")
+        raise FileNotFoundError(
+            f"{source} is neither a run folder (no config.yaml) nor an exported .onnx file"
+        )
     from deepmetric.training.config import load_config
     from deepmetric.training.embed import load_model, selected_checkpoint
 
@@ -413,7 +424,9 @@ class ImageIndex:
         if labels is not None and len(labels) != len(items):
             raise ValueError(f"{len(labels)} labels for {len(items)} images")
         if len(self.index) and (labels is None) != (self.index.labels is None):
-            raise ValueError("this index is " + ("labelled" if labels is None else "unlabelled") + "; add alike")
+            raise ValueError(
+                "this index is " + ("labelled" if labels is None else "unlabelled") + "; add alike"
+            )
         if ids is None:
             ids = [item.path or str(len(self.index) + i) for i, item in enumerate(items)]
         ids = [str(i) for i in ids]
@@ -432,7 +445,9 @@ class ImageIndex:
         known = set(self.index.ids)
         return self.index.remove([i if str(i) in known else str(Path(i).resolve()) for i in ids])
 
-    def search(self, queries: Any, k: int = 10, batch_size: int = 64, progress: bool = False) -> list[QueryResult]:
+    def search(
+        self, queries: Any, k: int = 10, batch_size: int = 64, progress: bool = False
+    ) -> list[QueryResult]:
         """The ``k`` nearest gallery items of each query image, nearest first."""
         items = image_items(queries)
         vectors = self.model.embed_items(items, batch_size, progress)
@@ -521,7 +536,9 @@ def load_index(directory: str | Path, model: LoadedModel | None = None) -> Image
     if model is None:
         source = json.loads((directory / "metadata.json").read_text()).get("info", {}).get("model")
         if not source:
-            raise ValueError(f"{directory} does not say which model built it; pass model=deepmetric.load(...)")
+            raise ValueError(
+                f"{directory} does not say which model built it; pass model=deepmetric.load(...)"
+            )
         location = source.get("run") or source.get("onnx")
         if not Path(location).exists():
             raise FileNotFoundError(f"the model that built {directory} is gone: {location}")

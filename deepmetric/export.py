@@ -63,7 +63,9 @@ def export_model(model: LoadedModel, path: str | Path, export_format: str = "onn
     path = Path(path)
     module = model.module.cpu().eval()
     spec = model.spec
-    example = torch.rand(2, spec.channels, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0))
+    example = torch.rand(
+        2, spec.channels, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0)
+    )
     temporary = _atomic_target(path)
     try:
         with torch.no_grad():

@@ -42,7 +42,9 @@ def test_calibrate_then_search_reports_matches(image_run, tmp_path, capsys):
     run, folder = image_run
     out = tmp_path / "index"
     assert main(["index", str(run), str(folder), "--out", str(out), "--backend", "exact"]) == 0
-    assert main(["calibrate", str(run), "--index", str(out), "--data", str(folder), "--precision", "0.9"]) == 0
+    assert (
+        main(["calibrate", str(run), "--index", str(out), "--data", str(folder), "--precision", "0.9"]) == 0
+    )
     assert "threshold" in capsys.readouterr().out
     stored = json.loads((out / "metadata.json").read_text())["info"]["calibration"]
     assert json.loads((run / "calibration.json").read_text()) == stored
@@ -98,6 +100,8 @@ def test_serve_binds_loopback_by_default(image_run, tmp_path, monkeypatch):
     run, folder = image_run
     assert main(["index", str(run), str(folder), "--out", str(tmp_path / "index")]) == 0
     calls = []
-    monkeypatch.setattr(app, "serve", lambda index, host, port, **options: calls.append((len(index), host, port, options)))
+    monkeypatch.setattr(
+        app, "serve", lambda index, host, port, **options: calls.append((len(index), host, port, options))
+    )
     assert main(["serve", str(tmp_path / "index"), "--max-upload-mb", "1"]) == 0
     assert calls == [(32, "127.0.0.1", 8000, {"max_upload_bytes": 1024 * 1024, "default_k": 5})]

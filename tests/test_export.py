@@ -84,5 +84,5 @@ def test_efficientnet_lite0_export_on_real_images(tmp_path):
     torch.manual_seed(0)
     backbone = build_backbone("efficientnet_lite0", pretrained=True)
     model = from_model(EmbeddingModel(backbone, EmbeddingHead(backbone.feature_dim, embedding_size=64)))
-    images = sorted(CUB.glob("*/*.jpg"))[:: 400][:4]
+    images = sorted(CUB.glob("*/*.jpg"))[::400][:4]
     check_export(model, images, tmp_path)

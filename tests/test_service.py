@@ -19,9 +19,9 @@ from tests.image_run import make_image_run
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 pytest.importorskip("httpx")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from deepmetric.service.app import create_app  # noqa: E402
+from deepmetric.service.app import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 LIMIT = 20_000  # bytes: small, so the size check is easy to trip
@@ -56,7 +56,9 @@ def test_health_and_page(client, setup):
 def test_search_returns_the_cli_json(client, setup):
     index, folder = setup
     query = folder / "class_2" / "img_3.png"
-    response = client.post("/search", files={"file": ("q.png", png_bytes(query), "image/png")}, data={"k": "4"})
+    response = client.post(
+        "/search", files={"file": ("q.png", png_bytes(query), "image/png")}, data={"k": "4"}
+    )
     assert response.status_code == 200
     body = response.json()
     expected = index.search(query, 4)[0].as_json()
@@ -83,7 +85,9 @@ def test_gallery_images_are_served_by_id_only(client, setup):
 
 def truncated_jpeg() -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        buffer, "JPEG"
+    )
     return buffer.getvalue()[:300]
 
 
@@ -132,7 +136,9 @@ def free_port() -> int:
 def test_the_page_shows_results_in_a_headless_browser(setup, tmp_path):
     uvicorn = pytest.importorskip("uvicorn")
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(setup[0]), host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(setup[0]), host="127.0.0.1", port=port, log_level="error")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -1,8 +1,8 @@
 """``deepmetric index``, ``search``, ``export``, ``calibrate`` and ``serve``: a trained model at work.
 
-    deepmetric index runs/cub photos/ --out photos_index      # embed a gallery folder
-    deepmetric search photos_index query.jpg -k 5 --json      # its nearest gallery images
-    deepmetric serve photos_index                             # the same in a browser, on 127.0.0.1:8000
+deepmetric index runs/cub photos/ --out photos_index      # embed a gallery folder
+deepmetric search photos_index query.jpg -k 5 --json      # its nearest gallery images
+deepmetric serve photos_index                             # the same in a browser, on 127.0.0.1:8000
 """
 
 from __future__ import annotations
@@ -63,13 +63,17 @@ def results_html(results: list[dict], threshold: float | None) -> str:
         ]
         for rank, hit in enumerate(result["results"], 1):
             within = threshold is not None and hit["distance"] <= threshold
-            label = html.escape(str(hit["label"]) if hit["label"] is not None else Path(hit["path"] or "").name)
+            label = html.escape(
+                str(hit["label"]) if hit["label"] is not None else Path(hit["path"] or "").name
+            )
             tiles.append(
                 f'<figure class="{"within" if within else ""}"><img src="{_thumbnail(hit["path"])}" alt="#{rank}">'
                 f"<figcaption>#{rank} {label}<br>distance {hit['distance']:.4f}</figcaption></figure>"
             )
         rows.append(f'<div class="row">{"".join(tiles)}</div>')
-    note = f"match threshold {threshold:.4f} (green: within)" if threshold is not None else "no match threshold"
+    note = (
+        f"match threshold {threshold:.4f} (green: within)" if threshold is not None else "no match threshold"
+    )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>deepmetric search</title><style>"
         "body{font-family:system-ui,sans-serif;margin:2em}.row{display:flex;gap:10px;margin-bottom:1.5em}"
@@ -154,7 +158,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise ConfigError(f"serve needs fastapi, uvicorn and python-multipart: {error}") from None
     index = deepmetric.load_index(args.index)
     print(f"serving {len(index)} images on http://{args.host}:{args.port}/", flush=True)
-    serve(index, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), default_k=args.k)
+    serve(
+        index, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), default_k=args.k
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:

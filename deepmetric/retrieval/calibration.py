@@ -59,7 +59,9 @@ def choose_threshold(
     if (target_precision is None) == (target_false_match_rate is None):
         raise ValueError("give exactly one of target_precision and target_false_match_rate")
     if len(distances) != len(is_same) or not len(distances):
-        raise ValueError(f"need equally many distances and is_same flags, got {len(distances)}, {len(is_same)}")
+        raise ValueError(
+            f"need equally many distances and is_same flags, got {len(distances)}, {len(is_same)}"
+        )
     if not np.isfinite(distances).all():
         raise ValueError("pair distances must be finite")
     positives, negatives = int(is_same.sum()), int((~is_same).sum())

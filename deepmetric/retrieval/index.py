@@ -143,7 +143,10 @@ class Index:
         keep = np.asarray([i not in wanted for i in self.ids], dtype=bool)
         vectors, labels = self.vectors[keep], None if self._labels is None else self.labels[keep]
         self.backend = SEARCH_BACKENDS.build(
-            self.backend_name, dim=self.dim, distance=get_distance(self.distance_name), **self.backend.params()
+            self.backend_name,
+            dim=self.dim,
+            distance=get_distance(self.distance_name),
+            **self.backend.params(),
         )
         if len(vectors):
             self.backend.add(vectors)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -58,7 +58,10 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def create_app(
-    index: ImageIndex, max_upload_bytes: int = 10 * 1024 * 1024, default_k: int = 5, max_pixels: int = 50_000_000
+    index: ImageIndex,
+    max_upload_bytes: int = 10 * 1024 * 1024,
+    default_k: int = 5,
+    max_pixels: int = 50_000_000,
 ) -> FastAPI:
     """The FastAPI application serving ``index`` (see the module docstring)."""
     app = FastAPI(title="deepmetric search", docs_url=None, redoc_url=None)
@@ -71,7 +74,9 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'request'}: {e['msg']}" for e in error.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'][1:])) or 'request'}: {e['msg']}" for e in error.errors()
+        )
         return JSONResponse({"error": f"bad request: {problems}"}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse)
@@ -83,7 +88,9 @@ def create_app(
         return {"status": "ok", "items": len(index), "model": index.model.fingerprint}
 
     @app.post("/search")
-    def search(request: Request, file: UploadFile = File(...), k: int = Form(default_k)) -> dict[str, Any]:
+    def search(
+        request: Request, file: Annotated[UploadFile, File()], k: Annotated[int, Form()] = default_k
+    ) -> dict[str, Any]:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_upload_bytes + 64 * 1024:
             raise UploadError(413, f"upload over the {max_upload_bytes} byte limit")
@@ -101,7 +108,9 @@ def create_app(
         decision = index.decide(result)
         body["threshold"] = index.threshold
         body["match"] = (
-            None if decision is None else {"label": decision.label, "path": decision.path, "distance": decision.distance}
+            None
+            if decision is None
+            else {"label": decision.label, "path": decision.path, "distance": decision.distance}
         )
         return body
 

@@ -342,7 +342,7 @@ def plot_calibration_roc(calibration: Mapping) -> Figure:
         f"threshold {calibration['threshold']:.4g}",
         (calibration["false_match_rate"], calibration["recall"]),
         textcoords="offset points",
-        xytext=(8, -14),
+        xytext=(8, 8),
     )
     ax.set(xlabel="false-match rate", ylabel="true-match rate (recall)", xlim=(0, 1), ylim=(0, 1.02))
     ax.grid(alpha=0.3)
