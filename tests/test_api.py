@@ -211,3 +211,22 @@ def test_saving_over_something_else_is_refused(tmp_path):
     with pytest.raises(FileExistsError, match="not an index"):
         Index.build(np.eye(3, dtype=np.float32)).save(tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("distance", ["cosine", "dot", "euclidean", "squared_euclidean"])
+def test_torch_backend_equals_knn_in_small_blocks(distance):
+    from deepmetric.evaluation.knn import knn
+
+    rng = np.random.default_rng(1)
+    gallery, queries = (
+        rng.normal(size=(300, 8)).astype(np.float32),
+        rng.normal(size=(40, 8)).astype(np.float32),
+    )
+    gallery[7] = gallery[3]  # a tie, broken by the lower index
+    index = Index(8, distance, "torch", device="cpu", memory_budget_mb=0.01)  # a few query rows per block
+    index.add(gallery[:100])
+    index.add(gallery[100:])
+    values, indices = index.search(queries, 6)
+    expected_values, expected_indices = knn(queries, 6, gallery, distance, device="cpu")
+    assert np.array_equal(indices, expected_indices.numpy())
+    np.testing.assert_allclose(values, expected_values.numpy(), rtol=1e-5, atol=1e-5)
