@@ -125,3 +125,23 @@ def test_calibrate_and_match_an_index(tmp_path):
         assert result.hits[0].distance <= chosen.threshold
     index.index.info["calibration"]["threshold"] = -1.0  # nothing is that close
     assert index.match(queries) == [None, None]
+
+
+def test_calibration_defaults_to_the_runs_validation_classes(tmp_path):
+    from deepmetric.cli import demo_config_path, main
+    from tests.image_run import RUN_ARGS, make_image_folder
+
+    folder = make_image_folder(tmp_path / "images")
+    run = tmp_path / "run"
+    extra = ["data.validation_classes=0.5", "sampler.classes_per_batch=2", f"data.root={folder}"]
+    assert main(["train", str(demo_config_path()), *RUN_ARGS, *extra, "--out", str(run)]) == 0
+    model = deepmetric.load(run)
+    validation = model.run_dataset("validation")
+    assert len(validation) == 2 * 4 and len(np.unique(validation.labels)) == 2  # half of the 4 train classes
+    test_classes = set(model.run_dataset("test").class_names)
+    assert not test_classes & {validation.class_names[i] for i in np.unique(validation.labels)}
+    index = model.build_index(folder, progress=False)
+    chosen = index.calibrate(target_precision=0.5, progress=False)
+    calibration = index.index.info["calibration"]
+    assert calibration["data"].startswith("validation split of") and calibration["num_items"] == 8
+    assert chosen.num_pairs == 8 * 7 // 2
