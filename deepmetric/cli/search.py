@@ -38,6 +38,11 @@ def cmd_index(args: argparse.Namespace) -> None:
     print(f"index: {len(index)} {labelled} images, backend {args.backend} -> {path}")
 
 
+def distance_text(value: float) -> str:
+    """4 decimals, or 3 significant digits for distances too small to show that way."""
+    return f"{value:.2e}" if value != 0 and abs(value) < 1e-3 else f"{value:.4f}"
+
+
 def _thumbnail(path: str | None, size: int = 160) -> str:
     """A small JPEG data URI of an image file ('' when it cannot be read)."""
     from PIL import Image
@@ -68,7 +73,7 @@ def results_html(results: list[dict], threshold: float | None) -> str:
             )
             tiles.append(
                 f'<figure class="{"within" if within else ""}"><img src="{_thumbnail(hit["path"])}" alt="#{rank}">'
-                f"<figcaption>#{rank} {label}<br>distance {hit['distance']:.4f}</figcaption></figure>"
+                f"<figcaption>#{rank} {label}<br>distance {distance_text(hit['distance'])}</figcaption></figure>"
             )
         rows.append(f'<div class="row">{"".join(tiles)}</div>')
     note = (
@@ -112,7 +117,9 @@ def cmd_search(args: argparse.Namespace) -> list[dict]:
         for result in results:
             print(result["query"])
             for rank, hit in enumerate(result["results"], 1):
-                print(f"  {rank:3d}  {hit['distance']:.4f}  {hit['label'] or '-':>16s}  {hit['path']}")
+                print(
+                    f"  {rank:3d}  {distance_text(hit['distance']):>9s}  {hit['label'] or '-':>16s}  {hit['path']}"
+                )
             if "match" in result:
                 print(f"  match: {result['match'] if result['match'] is not None else 'none'}")
     if args.html:
