@@ -213,8 +213,9 @@ def test_saving_over_something_else_is_refused(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("num_queries", [40, 100])  # one query at a time, and knn's batched path
 @pytest.mark.parametrize("distance", ["cosine", "dot", "euclidean", "squared_euclidean"])
-def test_torch_backend_equals_knn_in_small_blocks(distance):
+def test_torch_backend_equals_knn_in_small_blocks(distance, num_queries):
     from deepmetric.evaluation.knn import knn
 
     rng = np.random.default_rng(1)

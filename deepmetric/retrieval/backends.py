@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepmetric.distances import Distance, EuclideanDistance
-from deepmetric.evaluation.knn import resolve_device, to_reported_values, topk_deterministic
+from deepmetric.distances import CosineSimilarity, Distance, EuclideanDistance, get_distance
+from deepmetric.evaluation.knn import knn, resolve_device, to_reported_values, topk_deterministic
 from deepmetric.registry import Registry
 
 SEARCH_BACKENDS = Registry("search backend")
@@ -61,6 +61,7 @@ class TorchBackend(SearchBackend):
     a search costs one matrix product against it: one query at a time stays cheap on large galleries."""
 
     name = "torch"
+    batch_queries = 64  # from this many queries on, search through evaluation.knn
 
     def __init__(
         self, dim: int, distance: Distance, device: str | None = None, memory_budget_mb: float = 512
@@ -86,6 +87,14 @@ class TorchBackend(SearchBackend):
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         gallery, largest = self._gallery, self.distance.is_similarity
         query = self._prepare(queries, "queries")
+        if len(query) >= self.batch_queries:
+            # many queries: knn's streaming selection wins, and its checks of the gallery are amortised
+            # (prepared vectors: cosine is the dot product of the normalised ones)
+            distance = get_distance("dot") if type(self.distance) is CosineSimilarity else self.distance
+            values, indices = knn(
+                query, k, gallery, distance, memory_budget_mb=self.memory_budget_mb, device=self.device
+            )
+            return values.numpy(), indices.numpy()
         # score matrix + top-k work space per query row: about three floats per gallery item
         rows = max(1, int(self.memory_budget_mb * 2**20) // (12 * len(gallery)))
         all_values, all_indices = [], []
