@@ -35,7 +35,7 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from deepmetric.data.base import load_image
-from deepmetric.data.folder import class_folders, image_files
+from deepmetric.data.folder import IMAGE_EXTENSIONS, class_folders, image_files
 from deepmetric.data.transforms import ConvertChannels
 from deepmetric.models.backbones import InputSpec
 from deepmetric.models.features import backbone_fingerprint
@@ -190,7 +190,7 @@ def gallery_items(gallery: Any) -> tuple[list[Item], list[str] | None]:
         root = Path(gallery)
         classes = [(folder.name, image_files(folder)) for folder in class_folders(root)]
         classes = [(name, files) for name, files in classes if files]
-        loose = [p for p in root.iterdir() if p.is_file() and p in set(image_files(root))]
+        loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
         if classes and loose:
             raise ValueError(
                 f"{root} has both images and class sub-folders; use one sub-folder per class or a flat folder"
