@@ -100,7 +100,11 @@ def create_app(
         if len(data) > max_upload_bytes:
             raise UploadError(413, f"upload over the {max_upload_bytes} byte limit")
         image = decode_image(data, max_pixels)
-        vectors = index.model.runner(index.model.preprocess([image]))
+        try:
+            batch = index.model.preprocess([image])
+        except (OSError, ValueError, TypeError) as error:  # an image mode PIL cannot convert
+            raise UploadError(415, f"the image cannot be converted for the model: {error}") from None
+        vectors = index.model.runner(batch)
         result = index.search_vectors(vectors, k, [file.filename])[0]
         body = result.as_json()
         for entry, hit in zip(body["results"], result.hits):
