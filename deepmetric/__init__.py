@@ -4,7 +4,8 @@ train -> embed -> evaluate -> retrieve -> look: losses, miners and the P x K sam
 ``deepmetric.miners``, ``deepmetric.samplers``), data sets and models (``deepmetric.data``,
 ``deepmetric.models``), config-driven training (``deepmetric.training``), retrieval metrics and indexes
 (``deepmetric.evaluation``, ``deepmetric.retrieval``), binary codes (``deepmetric.hashing``) and reports
-(``deepmetric.viz``). The command line is ``deepmetric`` (see ``deepmetric --help``).
+(``deepmetric.viz``). A trained run goes to work with ``deepmetric.load(run)`` (embed images, build and
+search indexes: :mod:`deepmetric.api`). The command line is ``deepmetric`` (see ``deepmetric --help``).
 """
 
 __version__ = "0.1.0"
