@@ -5,7 +5,7 @@ A backend receives every vector the index stores (``add``) and answers ``search(
 and read them back in ``load``. New backends (e.g. Hamming search over binary hash codes) register
 themselves in :data:`SEARCH_BACKENDS` and are picked by name: ``Index(..., backend="name")``.
 
-* ``torch``: exact, chunked search of :func:`deepmetric.retrieval.knn.knn` (CPU or GPU, ties by index).
+* ``torch``: exact, chunked search in torch against the gallery prepared once (CPU or GPU, ties by index).
 * ``faiss_flat``: exact faiss search; ``faiss_ivf``: inverted lists (``nlist``, ``nprobe``), trained on
   the first vectors added; ``faiss_hnsw``: HNSW graph (``m``, ``ef_search``). The faiss backends need
   ``faiss`` installed and support ``cosine``, ``dot``, ``euclidean`` and ``squared_euclidean``.
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepmetric.distances import Distance, EuclideanDistance
+from deepmetric.distances import CosineSimilarity, Distance, EuclideanDistance, get_distance
 from deepmetric.registry import Registry
-from deepmetric.retrieval.knn import knn
+from deepmetric.retrieval.knn import knn, resolve_device, to_reported_values, topk_deterministic
 
 SEARCH_BACKENDS = Registry("search backend")
 
@@ -56,9 +56,13 @@ class SearchBackend:
 
 @SEARCH_BACKENDS.register("torch")
 class TorchBackend(SearchBackend):
-    """Exact search in torch, chunked within ``memory_budget_mb``; ``device`` default CUDA when available."""
+    """Exact search in torch, chunked within ``memory_budget_mb``; ``device`` default CUDA when available.
+
+    The gallery is prepared once when added (normalised for cosine, squared norms kept for Euclidean), so
+    a search costs one matrix product against it: one query at a time stays cheap on large galleries."""
 
     name = "torch"
+    batch_queries = 64  # from this many queries on, search through retrieval.knn
 
     def __init__(
         self, dim: int, distance: Distance, device: str | None = None, memory_budget_mb: float = 512
@@ -66,21 +70,46 @@ class TorchBackend(SearchBackend):
         super().__init__(dim, distance)
         self.device = device
         self.memory_budget_mb = memory_budget_mb
-        self._chunks: list[np.ndarray] = []
+        self._gallery: torch.Tensor | None = None
+        self._squared_norms: torch.Tensor | None = None  # 1 x N, for the Euclidean distances
+
+    def _prepare(self, vectors: np.ndarray, name: str) -> torch.Tensor:
+        tensor = self.distance.prepare(torch.from_numpy(vectors).to(resolve_device(self.device)))
+        if not bool(torch.isfinite((tensor * tensor).sum(1)).all()):
+            raise ValueError(f"{name} are too large: their squared norms overflow float32")
+        return tensor
 
     def add(self, vectors: np.ndarray) -> None:
-        self._chunks = [np.concatenate([*self._chunks, vectors])] if self._chunks else [vectors]
+        prepared = self._prepare(vectors, "embeddings")
+        self._gallery = prepared if self._gallery is None else torch.cat([self._gallery, prepared])
+        if not self.distance.is_similarity:
+            self._squared_norms = (self._gallery * self._gallery).sum(1)[None]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        values, indices = knn(
-            queries,
-            k,
-            self._chunks[0],
-            self.distance,
-            memory_budget_mb=self.memory_budget_mb,
-            device=self.device,
-        )
-        return values.numpy(), indices.numpy()
+        gallery, largest = self._gallery, self.distance.is_similarity
+        query = self._prepare(queries, "queries")
+        if len(query) >= self.batch_queries:
+            # many queries: knn's streaming selection wins, and its checks of the gallery are amortised
+            # (prepared vectors: cosine is the dot product of the normalised ones)
+            distance = get_distance("dot") if type(self.distance) is CosineSimilarity else self.distance
+            values, indices = knn(
+                query, k, gallery, distance, memory_budget_mb=self.memory_budget_mb, device=self.device
+            )
+            return values.numpy(), indices.numpy()
+        # score matrix + top-k work space per query row: about three floats per gallery item
+        rows = max(1, int(self.memory_budget_mb * 2**20) // (12 * len(gallery)))
+        all_values, all_indices = [], []
+        for start in range(0, len(query), rows):
+            block = query[start : start + rows]
+            if largest:
+                scores = block @ gallery.T
+            else:  # squared Euclidean distances: rank by them, report the distance's own values
+                norms = (block * block).sum(1, keepdim=True)
+                scores = torch.addmm(norms + self._squared_norms, block, gallery.T, alpha=-2).clamp_min(0)
+            values, indices = topk_deterministic(scores, k, largest)
+            all_values.append(to_reported_values(values, self.distance).cpu())
+            all_indices.append(indices.cpu())
+        return torch.cat(all_values).numpy(), torch.cat(all_indices).numpy()
 
     def params(self) -> dict[str, Any]:
         return {"device": self.device, "memory_budget_mb": self.memory_budget_mb}

@@ -3,17 +3,24 @@
 >>> index = Index.build(gallery_embeddings, labels=gallery_labels, ids=gallery_paths, distance="cosine")
 >>> distances, indices = index.search(query_embeddings, k=10)
 >>> index.ids_of(indices), index.labels_of(indices)
+>>> index.remove(["img_3.jpg"])
 >>> index.save("my_index"); index = Index.load("my_index")
 
 On disk an index is a directory: ``vectors.npy`` (N x D float32), ``labels.npy`` when labels were given,
-``metadata.json`` (format version, distance, backend and its parameters, dimension, ids) and whatever
-the search backend writes (``faiss.index`` for the faiss backends). How vectors are searched is the
-backend's business (:mod:`deepmetric.retrieval.backends`), so new kinds of search plug in by name.
+``metadata.json`` (format version, distance, backend and its parameters, dimension, ids, the
+fingerprint of the model that made the vectors, free-form ``info`` such as a calibrated threshold) and
+whatever the search backend writes (``faiss.index`` for the faiss backends). How vectors are searched is
+the backend's business (:mod:`deepmetric.retrieval.backends`), so new kinds of search plug in by name.
+Saving is atomic: the directory is written beside its target and renamed into place, so a reader never
+sees half an index.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +73,9 @@ class Index:
         self._vectors: list[np.ndarray] = []
         self.ids: list[str] = []
         self._labels: list[np.ndarray] | None = None
+        # which model embedded the vectors (None: unknown); queries from another model are meaningless
+        self.model_fingerprint: str | None = None
+        self.info: dict[str, Any] = {}  # JSON-serialisable extras kept with the index (e.g. a threshold)
 
     @classmethod
     def build(
@@ -122,6 +132,30 @@ class Index:
         if labels is not None:
             self._labels = [*(self._labels or []), labels]
 
+    def remove(self, ids: Sequence[Any]) -> int:
+        """Remove the items with these ``ids`` (every one must be present) and return how many went.
+
+        The backend is rebuilt from the remaining vectors (faiss IVF re-trains its cells on them)."""
+        wanted = {str(i) for i in ids}
+        missing = wanted.difference(self.ids)
+        if missing:
+            raise ValueError(f"cannot remove ids not in the index: {sorted(missing)[:5]}")
+        keep = np.asarray([i not in wanted for i in self.ids], dtype=bool)
+        vectors, labels = self.vectors[keep], None if self._labels is None else self.labels[keep]
+        self.backend = SEARCH_BACKENDS.build(
+            self.backend_name,
+            dim=self.dim,
+            distance=get_distance(self.distance_name),
+            **self.backend.params(),
+        )
+        if len(vectors):
+            self.backend.add(vectors)
+        self._vectors = [vectors] if len(vectors) else []
+        self.ids = [i for i, kept in zip(self.ids, keep) if kept]
+        if labels is not None:
+            self._labels = [labels]
+        return int((~keep).sum())
+
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(distances, indices)``, each ``num_queries x k``, closest first (a single vector works too)."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -150,9 +184,30 @@ class Index:
         return [[labels[i].tolist() if i >= 0 else None for i in row] for row in np.atleast_2d(indices)]
 
     def save(self, directory: str | Path) -> Path:
-        """Write the index to ``directory`` (created if needed) and return its path."""
+        """Write the index to ``directory`` (replacing an index there) atomically and return its path."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        if directory.exists() and not (directory / METADATA_FILE).exists() and any(directory.iterdir()):
+            raise FileExistsError(f"{directory} exists and is not an index; refusing to replace it")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self._write(staging)
+            for path in staging.iterdir():
+                path.chmod(0o644)
+            staging.chmod(0o755)
+            if directory.exists():
+                # two renames: the old index stays whole until the new one is complete
+                retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+                os.replace(directory, retired / "index")
+                os.replace(staging, directory)
+                shutil.rmtree(retired)
+            else:
+                os.replace(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return directory
+
+    def _write(self, directory: Path) -> None:
         np.save(directory / VECTORS_FILE, self.vectors)
         if self._labels is not None:
             np.save(directory / LABELS_FILE, self.labels, allow_pickle=False)
@@ -164,14 +219,16 @@ class Index:
             "backend_params": self.backend.params(),
             "count": len(self),
             "ids": self.ids,
+            "model_fingerprint": self.model_fingerprint,
+            "info": self.info,
         }
         (directory / METADATA_FILE).write_text(json.dumps(metadata))
         self.backend.save(directory)
-        return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> Index:
-        """Read an index written by :meth:`save`."""
+    def load(cls, directory: str | Path, model_fingerprint: str | None = None) -> Index:
+        """Read an index written by :meth:`save`; with ``model_fingerprint``, refuse an index whose
+        vectors another model made (its distances to this model's queries would mean nothing)."""
         directory = Path(directory)
         if not (directory / METADATA_FILE).exists():
             raise ValueError(f"{directory} holds no index ({METADATA_FILE} is missing)")
@@ -190,7 +247,14 @@ class Index:
         ]
         if missing:
             raise ValueError(f"{directory / METADATA_FILE} lacks {missing}")
+        stored = metadata.get("model_fingerprint")
+        if model_fingerprint is not None and stored is not None and stored != model_fingerprint:
+            raise ValueError(
+                f"{directory} was built with another model (fingerprint {stored}, this model's is "
+                f"{model_fingerprint}); rebuild the index with this model"
+            )
         index = cls(metadata["dim"], metadata["distance"], metadata["backend"], **metadata["backend_params"])
+        index.model_fingerprint, index.info = stored, dict(metadata.get("info", {}))
         if not (directory / VECTORS_FILE).is_file():
             raise FileNotFoundError(
                 f"{directory} holds no {VECTORS_FILE}: the index was not saved completely"

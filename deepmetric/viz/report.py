@@ -328,6 +328,38 @@ pre { background: #f6f8fa; padding: 1em; overflow-x: auto; border-radius: 4px; f
 """
 
 
+def plot_calibration_roc(calibration: Mapping) -> Figure:
+    """ROC of the match threshold's calibration pairs, with the chosen operating point."""
+    from deepmetric.viz.figures import new_figure
+
+    roc = calibration["roc"]
+    figure = new_figure(5.5, 4)
+    ax = figure.add_subplot()
+    ax.plot(roc["false_match_rate"], roc["true_match_rate"], color="#1f4e9e")
+    ax.plot([calibration["false_match_rate"]], [calibration["recall"]], "o", color="#d62728")
+    ax.annotate(
+        f"threshold {calibration['threshold']:.4g}",
+        (calibration["false_match_rate"], calibration["recall"]),
+        textcoords="offset points",
+        xytext=(8, 8),
+    )
+    ax.set(xlabel="false-match rate", ylabel="true-match rate (recall)", xlim=(0, 1), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    return figure
+
+
+def _calibration_section(calibration: Mapping) -> str:
+    rows = {
+        key: calibration.get(key)
+        for key in ("threshold", "target", "precision", "recall", "false_match_rate", "num_pairs", "data")
+    }
+    table = "<table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows.items())
+    table += "</table>"
+    if not isinstance(calibration.get("roc"), Mapping):
+        return table
+    return table + _figure_html(lambda: plot_calibration_roc(calibration), "Match threshold ROC")
+
+
 def render_page(title: str, subtitle: str, sections: list[tuple[str, str, str]]) -> str:
     """A complete HTML page: ``sections`` are ``(anchor id, heading, inner html)``."""
     nav = "".join(f'<a href="#{anchor}">{_esc(heading)}</a>' for anchor, heading, _ in sections)
@@ -398,6 +430,12 @@ def write_report(
     sections += [
         ("embeddings", "Embedding map", embedding_html),
         ("retrieval", "Retrieval examples", retrieval_html),
+    ]
+    if (run_dir / "calibration.json").exists():  # written by deepmetric calibrate
+        calibration, problem = _read_optional_json(run_dir / "calibration.json")
+        inner = _note(problem, "warn") if calibration is None else _calibration_section(calibration)
+        sections.append(("calibration", "Match threshold", inner))
+    sections += [
         (
             "config",
             "Config",
