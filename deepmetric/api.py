@@ -455,7 +455,9 @@ class ImageIndex:
 
     def search_vectors(self, vectors: np.ndarray, k: int, names: Sequence[str | None]) -> list[QueryResult]:
         result = self.index.search_results(vectors, k)
-        distances = as_distance(result.distances, self.index.distance_name)
+        distances = result.distances
+        if self.index.backend.own_distance is None:  # a Hamming backend already reports distances
+            distances = as_distance(distances, self.index.distance_name)
         labels = result.labels
         output = []
         for q, name in enumerate(names):
@@ -484,6 +486,11 @@ class ImageIndex:
 
         ``data``: a labelled folder (one sub-folder per class) or dataset; by default the run's validation
         split (never its test classes). The data used is recorded in the index's metadata."""
+        if self.index.backend.own_distance is not None:
+            raise ValueError(
+                f"the {self.index.backend_name} backend ranks by {self.index.backend.own_distance} distance; "
+                "calibrate a threshold on an index with a float backend (exact, faiss-*)"
+            )
         if data is None:
             data = self.model.run_dataset("validation")
             described = f"validation split of {self.model.source.get('run')}"

@@ -186,7 +186,11 @@ def test_other_backends_by_name(image_run, model, backend, tmp_path):
     folder = image_run[1]
     index = model.build_index(folder, backend=backend, progress=False, **params)
     query = folder / "class_4" / "img_2.png"
-    assert index.search(query, 1)[0].hits[0].path == str(query.resolve())
+    if backend == "hamming":  # several images may share the query's code: it is among the distance-0 hits
+        hits = index.search(query, len(index))[0].hits
+        assert str(query.resolve()) in [hit.path for hit in hits if hit.distance == 0]
+    else:
+        assert index.search(query, 1)[0].hits[0].path == str(query.resolve())
     loaded = deepmetric.load_index(index.save(tmp_path / backend))
     assert loaded.index.backend_name == backend
     assert loaded.search(query, 3)[0] == index.search(query, 3)[0]

@@ -31,6 +31,8 @@ class SearchBackend:
     """The contract. ``params()`` returns the constructor keywords, stored in the index metadata."""
 
     name: str = ""
+    # The distance the backend's values are in when it is not the index's (e.g. "hamming"), else None.
+    own_distance: str | None = None
 
     def __init__(self, dim: int, distance: Distance) -> None:
         self.dim = dim

@@ -26,6 +26,7 @@ class HammingBackend(SearchBackend):
     """Codes kept packed on ``device``; ``memory_budget`` (bytes) bounds one search chunk's working memory."""
 
     name = "hamming"
+    own_distance = "hamming"
 
     def __init__(
         self, dim: int, distance: Distance, device: str = "cpu", memory_budget: int = DEFAULT_MEMORY_BUDGET
