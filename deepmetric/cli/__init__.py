@@ -15,7 +15,7 @@ from deepmetric.cli.common import demo_config_path
 from deepmetric.training.config import ConfigError
 
 # Order of the commands in ``deepmetric --help``.
-COMMAND_MODULES = ("train", "evaluate", "bench", "listing")
+COMMAND_MODULES = ("train", "evaluate", "shards", "bench", "listing")
 
 __all__ = ["build_parser", "demo_config_path", "main"]
 

@@ -114,7 +114,7 @@ def _write_faiss(faiss: Any, index: Any, path: Path) -> None:
 
 def _prepared(distance: Distance, vectors: np.ndarray) -> np.ndarray:
     """float32 rows as faiss sees them (unit length for cosine)."""
-    matrix = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    matrix = torch.from_numpy(np.array(vectors, dtype=np.float32))  # a copy: memory maps are read-only
     return np.ascontiguousarray(distance.prepare(matrix).numpy(), dtype=np.float32)
 
 
@@ -184,7 +184,9 @@ def build_sharded_index(
     out.mkdir(parents=True, exist_ok=True)
     plan_file = out / "build.json"  # the settings of a build under way: a rerun must use the same ones
     if plan_file.exists() and json.loads(plan_file.read_text()) != params:
-        raise ValueError(f"{out} holds an index built with other settings; choose another folder or delete it")
+        raise ValueError(
+            f"{out} holds an index built with other settings; choose another folder or delete it"
+        )
     if not plan_file.exists():
         write_json(plan_file, params)
     record: dict[str, Any] = {"format": INDEX_FORMAT, "format_version": INDEX_VERSION, **params}
@@ -221,7 +223,9 @@ def _build_faiss(shard_set: ShardSet, out: Path, params: dict[str, Any], progres
             vectors, first = shard_set.vectors(shard), int(shard_set.starts[shard])
             for start in range(0, len(vectors), _ADD_ROWS):
                 chunk = _prepared(distance, vectors[start : start + _ADD_ROWS])
-                index.add_with_ids(chunk, np.arange(first + start, first + start + len(chunk), dtype=np.int64))
+                index.add_with_ids(
+                    chunk, np.arange(first + start, first + start + len(chunk), dtype=np.int64)
+                )
         _write_faiss(faiss, index, out / parts[part])
         del index
     if build["storage"] == "ondisk" and not merged:
@@ -236,7 +240,11 @@ def _build_faiss(shard_set: ShardSet, out: Path, params: dict[str, Any], progres
         for name in parts:
             (out / name).unlink()
     files = [MERGED, LISTS] if build["storage"] == "ondisk" else parts
-    return {"files": files, "bytes": sum((out / name).stat().st_size for name in files), "faiss": faiss.__version__}
+    return {
+        "files": files,
+        "bytes": sum((out / name).stat().st_size for name in files),
+        "faiss": faiss.__version__,
+    }
 
 
 class ShardedIndex:
@@ -256,14 +264,18 @@ class ShardedIndex:
         self.folder = Path(folder)
         path = self.folder / INDEX_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{self.folder} holds no finished sharded index ({INDEX_FILE} is missing)")
+            raise FileNotFoundError(
+                f"{self.folder} holds no finished sharded index ({INDEX_FILE} is missing)"
+            )
         self.record = json.loads(path.read_text())
         if self.record.get("format") != INDEX_FORMAT or self.record.get("format_version") != INDEX_VERSION:
             raise ValueError(f"{path}: not a deepmetric sharded index of version {INDEX_VERSION}")
         self.kind = self.record["kind"]
         self.shards = ShardSet(self.record["shards"])
         if len(self.shards) != self.record["count"]:
-            raise ValueError(f"{self.folder} indexes {self.record['count']} rows but its shards hold {len(self.shards)}")
+            raise ValueError(
+                f"{self.folder} indexes {self.record['count']} rows but its shards hold {len(self.shards)}"
+            )
         self.nprobe = nprobe or self.record["search"]["nprobe"]
         self.rerank = self.record["search"]["rerank"] if rerank is None else rerank
         if memory_budget_mb <= 0:
@@ -300,7 +312,9 @@ class ShardedIndex:
         if self.kind == "hamming":
             return self._search_hamming(queries, k)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"queries must be a 2-D array with {self.dim} columns, got shape {queries.shape}")
+            raise ValueError(
+                f"queries must be a 2-D array with {self.dim} columns, got shape {queries.shape}"
+            )
         prepared = _prepared(self.distance, queries)
         wanted = min(len(self), max(k, self.rerank))
         found = [index.search(prepared, wanted) for index in self.indexes]
@@ -386,7 +400,9 @@ def exact_search(
         for start in range(0, len(vectors), step):
             chunk = np.array(vectors[start : start + step], dtype=np.float32)  # a writable copy for torch
             kk = min(k, len(chunk))
-            values, indices = knn(queries, kk, chunk, distance, memory_budget_mb=memory_budget_mb, device=device)
+            values, indices = knn(
+                queries, kk, chunk, distance, memory_budget_mb=memory_budget_mb, device=device
+            )
             best_values, best_rows = merge_topk(
                 np.concatenate([best_values, values.numpy()], 1),
                 np.concatenate([best_rows, indices.numpy() + first + start], 1),

@@ -122,7 +122,9 @@ class Plan:
             raise ValueError(f"{path} is not valid JSON: {error}") from None
         if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: not a deepmetric shard manifest of version {FORMAT_VERSION}")
-        return cls(data["dim"], data["dtype"], data["count"], data["shard_size"], data["labels"], data["source"])
+        return cls(
+            data["dim"], data["dtype"], data["count"], data["shard_size"], data["labels"], data["source"]
+        )
 
 
 class ShardWriter:
@@ -161,11 +163,15 @@ class ShardWriter:
         plan, rows = self.plan, self.plan.rows(shard)
         expected = (len(rows), plan.row_width)
         if vectors.shape != expected:
-            raise ValueError(f"shard {shard} must hold {expected[0]} x {expected[1]} values, got {vectors.shape}")
+            raise ValueError(
+                f"shard {shard} must hold {expected[0]} x {expected[1]} values, got {vectors.shape}"
+            )
         if len(ids) != len(rows):
             raise ValueError(f"shard {shard} has {len(rows)} rows but {len(ids)} ids")
         if (labels is not None) != plan.labels:
-            raise ValueError(f"shard {shard}: the plan says labels={plan.labels} but labels {labels is not None}")
+            raise ValueError(
+                f"shard {shard}: the plan says labels={plan.labels} but labels {labels is not None}"
+            )
         if plan.dtype != "bits" and not np.isfinite(vectors).all():
             raise ValueError(f"shard {shard} holds NaN or infinite values")
         base = self.directory / shard_name(shard)
@@ -173,13 +179,17 @@ class ShardWriter:
         write_npy(base.with_name(base.name + ".ids.npy"), np.asarray(ids, dtype=np.int64))
         if labels is not None:
             write_npy(base.with_name(base.name + ".labels.npy"), np.asarray(labels, dtype=np.int64))
-        write_json(base.with_name(base.name + ".json"), {"shard": shard, "start": rows.start, "count": len(rows)})
+        write_json(
+            base.with_name(base.name + ".json"), {"shard": shard, "start": rows.start, "count": len(rows)}
+        )
 
 
 def _difference(found: Plan, wanted: Plan) -> str:
     fields = ("dim", "dtype", "count", "shard_size", "labels", "source")
     changed = [name for name in fields if getattr(found, name) != getattr(wanted, name)]
-    return ", ".join(f"{name} {getattr(found, name)!r} there, {getattr(wanted, name)!r} now" for name in changed)
+    return ", ".join(
+        f"{name} {getattr(found, name)!r} there, {getattr(wanted, name)!r} now" for name in changed
+    )
 
 
 class ShardSet:
