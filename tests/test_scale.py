@@ -324,9 +324,50 @@ def test_build_and_search_index_cli(tmp_path, capsys):
         np.load(tmp_path / "r/ids.npy"), brute_force(vectors[:4], vectors, 3, "cosine")[1]
     )
     capsys.readouterr()
+    assert main(["evaluate-shards", str(tmp_path / "s"), "--index", str(tmp_path / "i"), "--json"]) == 0
+    from deepmetric.evaluation import evaluate
+
+    assert json.loads(capsys.readouterr().out) == pytest.approx(
+        evaluate(vectors, labels, ["recall@1", "recall@10"])
+    )
     assert main(["build-index", str(tmp_path / "missing"), "--out", str(tmp_path / "j")]) == 2
     assert "holds no shards" in capsys.readouterr().err
     assert main([*argv, "--kind", "annoy"]) == 2
     assert "unknown index kind 'annoy'" in capsys.readouterr().err
     assert main(["search-index", str(tmp_path / "i"), "--queries", str(tmp_path / "q.npy"), "-k", "601"]) == 2
     assert "k must be in 1..600" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def test_sharded_leave_one_out_metrics_equal_in_memory_evaluation(tmp_path):
+    from deepmetric.evaluation import evaluate
+    from deepmetric.retrieval.sharded_eval import evaluate_shards
+
+    vectors, labels = clustered(500, 8, clusters=12)
+    vectors[7] = vectors[3]  # a duplicate: the query's own row is removed, not its twin
+    shards = shard_folder(tmp_path / "s", vectors, labels, 130)
+    metrics = ["recall@1", "recall@4", "precision@5", "r_precision", "map@r"]
+    expected = evaluate(vectors, labels, metrics=metrics, distance="cosine")
+    found = evaluate_shards(shards, metrics, chunk=37, memory_budget_mb=0.05)
+    assert found.keys() == expected.keys()
+    for name in metrics:
+        assert found[name] == pytest.approx(expected[name], abs=1e-9), name
+    with pytest.raises(ValueError, match="max_depth=10"):
+        evaluate_shards(shards, ["map@r"], max_depth=10)
+    with pytest.raises(ValueError, match="not \\['nmi'\\]"):
+        evaluate_shards(shards, ["nmi"])
+
+
+def test_sharded_evaluation_through_an_index_equals_exact(tmp_path):
+    pytest.importorskip("faiss")
+    from deepmetric.retrieval.sharded_eval import evaluate_shards
+    from deepmetric.retrieval.sharded_index import build_sharded_index
+
+    vectors, labels = clustered(400, 8, clusters=10)
+    shards = shard_folder(tmp_path / "s", vectors, labels, 150)
+    index = build_sharded_index(tmp_path / "s", tmp_path / "i", "ivfflat", nlist=4, nprobe=4, progress=False)
+    metrics = ["recall@1", "recall@8", "map@r"]
+    exact = evaluate_shards(shards, metrics, max_queries=120)
+    assert evaluate_shards(shards, metrics, index=index, max_queries=120) == pytest.approx(exact, abs=1e-12)

@@ -1,4 +1,4 @@
-"""``deepmetric embed-shards``, ``build-index`` and ``search-index``: galleries larger than memory.
+"""``deepmetric embed-shards``, ``build-index``, ``search-index``, ``evaluate-shards``: galleries past memory.
 
 torchrun --nproc_per_node 2 -m deepmetric.cli embed-shards RUN --out SHARDS --dtype float16
 deepmetric build-index SHARDS/test --out INDEX --kind ivfpq --nlist 4096 --rerank 100
@@ -106,6 +106,33 @@ def cmd_search_index(args: argparse.Namespace) -> None:
             print(f"{query}: {hits}")
 
 
+def cmd_evaluate_shards(args: argparse.Namespace) -> dict[str, float]:
+    import json
+
+    from deepmetric.cli.common import comma_list
+    from deepmetric.retrieval.sharded_eval import evaluate_shards
+    from deepmetric.retrieval.sharded_index import ShardedIndex
+
+    index = ShardedIndex(args.index, memory_budget_mb=args.memory_budget_mb) if args.index else None
+    results = evaluate_shards(
+        args.shards,
+        comma_list(args.metrics) or ["recall@1", "recall@10"],
+        index=index,
+        distance=args.distance,
+        max_queries=args.max_queries,
+        chunk=args.chunk,
+        memory_budget_mb=args.memory_budget_mb,
+        device=args.device,
+        progress=True,
+    )
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for name, value in results.items():
+            print(f"{name:>16s}  {value:.4f}")
+    return results
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -154,3 +181,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rerank", type=int, help="override the index's re-ranking depth (0: none)")
     p.add_argument("--out", help="folder for values.npy, rows.npy, ids.npy (default: print)")
     p.set_defaults(func=cmd_search_index)
+
+    p = sub.add_parser(
+        "evaluate-shards", help="leave-one-out metrics over a sharded gallery, in query chunks"
+    )
+    p.add_argument("shards", help="shard folder with labels")
+    p.add_argument("--index", help="search through this index (default: exact search over the shards)")
+    p.add_argument("--metrics", help="recall@K, precision@K, r_precision, map@r (comma-separated)")
+    p.add_argument("--distance", default="cosine", help="exact search's distance")
+    p.add_argument("--max-queries", type=_positive, help="evaluate a seeded sample of this many queries")
+    p.add_argument("--chunk", type=_positive, default=1024, help="queries searched at once")
+    p.add_argument("--memory-budget-mb", type=float, default=256)
+    p.add_argument("--device", help="exact search device, e.g. cuda (default: CUDA when available)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate_shards)

@@ -337,14 +337,16 @@ class ShardedIndex:
         for start in range(0, len(rows), block):
             candidates = rows[start : start + block]
             valid = candidates >= 0
-            vectors = _prepared(self.distance, self.shards.rows(np.where(valid, candidates, 0)))
-            query = prepared[start : start + block, None, :]
+            gathered = torch.from_numpy(self.shards.rows(np.where(valid, candidates, 0)))  # a fresh array
+            vectors = self.distance.prepare(gathered)
+            query = torch.from_numpy(prepared[start : start + block])
             if largest:
-                values = np.einsum("qcd,qcd->qc", vectors, np.broadcast_to(query, vectors.shape))
+                values = torch.bmm(vectors, query[:, :, None])[:, :, 0]
             else:
-                values = ((vectors - query) ** 2).sum(-1)
+                values = ((vectors - query[:, None, :]) ** 2).sum(-1)
                 if type(self.distance) is EuclideanDistance:
-                    values = np.sqrt(values)
+                    values = values.sqrt()
+            values = values.numpy()
             values = np.where(valid, values, -np.inf if largest else np.inf)
             top_values, top_rows = merge_topk(values, candidates, k, largest)
             values_out.append(top_values)

@@ -205,7 +205,6 @@ class ShardSet:
                 f"(first: {shard_name(missing[0])}); run the embedding again to resume it"
             )
         self.starts = np.array([self.plan.rows(s).start for s in range(self.plan.num_shards)], dtype=np.int64)
-        self._maps: dict[tuple[int, str], np.ndarray] = {}
 
     def __len__(self) -> int:
         return self.plan.count
@@ -219,17 +218,16 @@ class ShardSet:
         return self.plan.dim
 
     def _array(self, shard: int, kind: str) -> np.ndarray:
-        key = (shard, kind)
-        if key not in self._maps:
-            path = self.directory / f"{shard_name(shard)}.{kind}.npy"
-            if not path.is_file():
-                raise FileNotFoundError(f"shard file missing: {path}")
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-            rows = len(self.plan.rows(shard))
-            if len(array) != rows or (kind == "vectors" and array.shape[1:] != (self.plan.row_width,)):
-                raise ValueError(f"{path} has shape {array.shape}, the manifest says {rows} rows")
-            self._maps[key] = array
-        return self._maps[key]
+        """A fresh map each time: pages read through it leave this process's memory (RSS) with it,
+        while the kernel's page cache keeps them for the next reader."""
+        path = self.directory / f"{shard_name(shard)}.{kind}.npy"
+        if not path.is_file():
+            raise FileNotFoundError(f"shard file missing: {path}")
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        rows = len(self.plan.rows(shard))
+        if len(array) != rows or (kind == "vectors" and array.shape[1:] != (self.plan.row_width,)):
+            raise ValueError(f"{path} has shape {array.shape}, the manifest says {rows} rows")
+        return array
 
     def vectors(self, shard: int) -> np.ndarray:
         """Shard ``shard``'s vectors (packed codes for dtype bits), memory-mapped and read-only."""
