@@ -328,7 +328,7 @@ def test_build_and_search_index_cli(tmp_path, capsys):
     from deepmetric.evaluation import evaluate
 
     assert json.loads(capsys.readouterr().out) == pytest.approx(
-        evaluate(vectors, labels, ["recall@1", "recall@10"])
+        evaluate(vectors, labels, metrics=["recall@1", "recall@10"])
     )
     assert main(["build-index", str(tmp_path / "missing"), "--out", str(tmp_path / "j")]) == 2
     assert "holds no shards" in capsys.readouterr().err
