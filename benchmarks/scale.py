@@ -174,6 +174,51 @@ def phase_hamming(data: Path, count: int, threads: int, k: int) -> dict:
     }
 
 
+def phase_embed(out: Path, run: str) -> dict:
+    """Embedding throughput of this torchrun job (every rank runs it; rank 0 reports), between barriers."""
+    import torch
+
+    from deepmetric.training import distributed
+    from deepmetric.training.config import load_config
+    from deepmetric.training.data import build_data
+    from deepmetric.training.embed import load_model
+    from deepmetric.training.shard_embed import embed_to_shards
+
+    torch.set_num_threads(1)
+    device = distributed.setup(torch.device("cpu"))
+    model = load_model(run)
+    dataset = build_data(load_config(Path(run) / "config.yaml"), model.backbone, device).evaluation["test"]
+    folder = out / f"embed-{distributed.world_size()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    distributed.barrier()
+    start = time.perf_counter()
+    embed_to_shards(model, dataset, folder, shard_size=500, progress=False)
+    seconds = time.perf_counter() - start
+    distributed.teardown()
+    return {
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),
+        "rows": len(dataset),
+        "rows_per_s": len(dataset) / seconds,
+    }
+
+
+def embed_throughput(script: Path, data: Path, run: Path) -> list[dict]:
+    """embed-shards' rows/s with 1 and with 2 processes (torchrun, gloo), one thread each."""
+    rows = []
+    for processes in (1, 2):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        command += ["--master_addr", "127.0.0.1", "--master_port", str(29700 + processes)]
+        command += [str(script), "--phase", "embed", str(data), str(run)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"embedding with {processes} processes failed:\n{done.stderr[-3000:]}")
+        result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
+        rows.append({"kind": "embed", **result})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def run_phase(script: Path, args: list[str], reuse: bool = False) -> dict:
     """One phase in a fresh interpreter; its wall time and peak RSS come back with its results. With
     ``reuse``, a phase that already ran on this data folder (data generation, ground truth) is not run
@@ -209,9 +254,17 @@ def main() -> None:
     parser.add_argument("--rerank", type=int, default=100)
     parser.add_argument("--nprobe", type=int, default=8)
     parser.add_argument("--k", type=int, default=100, help="Hamming top-k")
+    parser.add_argument(
+        "--embed-run", type=Path, help="also measure embed-shards throughput, 1 vs 2 processes"
+    )
     parser.add_argument("--json", type=Path, help="write the rows here too")
     parser.add_argument("--phase", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.phase and args.phase[0] == "embed":
+        result = phase_embed(Path(args.phase[1]), args.phase[2])
+        if result["processes"] == 1 or os.environ.get("RANK") == "0":
+            print(json.dumps(result))
+        return
     if args.phase:
         name, data, count, *rest = args.phase
         phases = {
@@ -292,6 +345,8 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if args.embed_run:
+        rows += embed_throughput(script, args.data, args.embed_run)
     print(f"load after: {os.getloadavg()}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
