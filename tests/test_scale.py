@@ -224,6 +224,8 @@ def test_ivf_flat_probing_every_list_is_exact(tmp_path, storage, distance):
     expected_values, expected_rows = brute_force(queries, vectors, 5, distance)
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_allclose(values, expected_values, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(np.full((1, 16), np.nan, dtype=np.float32), 5)
     record = json.loads((tmp_path / "i/index.json").read_text())
     assert record["kind"] == "ivfflat" and record["build"]["nlist"] == 8 and record["count"] == 900
     assert sorted(os.listdir(tmp_path / "i")) == sorted(
@@ -265,7 +267,7 @@ def test_ivf_pq_recall_parts_equal_merged_and_resume(tmp_path):
 
 
 def test_hamming_shards_equal_in_memory_search(tmp_path):
-    from deepmetric.retrieval.sharded_index import build_sharded_index
+    from deepmetric.retrieval.sharded_index import build_sharded_index, exact_search
 
     rng = np.random.default_rng(0)
     codes = pack_bits(rng.normal(size=(2000, 64)))
@@ -284,6 +286,8 @@ def test_hamming_shards_equal_in_memory_search(tmp_path):
     )
     with pytest.raises(ValueError, match="needs float shards"):
         build_sharded_index(tmp_path / "s", tmp_path / "j", kind="ivfpq")
+    with pytest.raises(ValueError, match="packed binary codes"):
+        exact_search(index.shards, queries, 3)
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -316,6 +316,8 @@ class ShardedIndex:
                 f"queries must be a 2-D array with {self.dim} columns, got shape {queries.shape}"
             )
         prepared = _prepared(self.distance, queries)
+        if not np.isfinite(prepared).all():
+            raise ValueError("queries contain NaN or infinite values")
         wanted = min(len(self), max(k, self.rerank))
         found = [index.search(prepared, wanted) for index in self.indexes]
         values = np.concatenate([v for v, _ in found], axis=1)
@@ -392,6 +394,8 @@ def exact_search(
     """Exact k-NN over float shards, shard by shard (:func:`deepmetric.evaluation.knn` on ``device``, a
     GPU when given), merged by (value, row): the ground truth for the approximate kinds."""
     distance = get_distance(distance)
+    if shards.plan.dtype == "bits":
+        raise ValueError(f"{shards.directory} holds packed binary codes; search them with a hamming index")
     if not 1 <= k <= len(shards):
         raise ValueError(f"k must be in 1..{len(shards)}, got {k}")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
