@@ -115,18 +115,18 @@ def phase_build(data: Path, count: int, threads: int, nlist: int, m: int, rerank
     return {"bytes": index.record["bytes"], "train_size": index.record["build"]["train_size"]}
 
 
-def phase_search(data: Path, count: int, threads: int) -> dict:
+def phase_search(data: Path, count: int, threads: int, nprobe: int, rerank: int) -> dict:
     from deepmetric.retrieval.sharded_index import ShardedIndex
 
     _threads(threads)
-    index = ShardedIndex(data / f"ivfpq-{count}")
+    index = ShardedIndex(data / f"ivfpq-{count}", nprobe=nprobe, rerank=rerank)
     queries = np.load(data / "queries.npy")
     truth = np.load(data / f"truth-{count}.npy")
     index.search(queries[:100], 10)  # warm-up: maps opened, first pages read
     start, cpu = time.perf_counter(), _cpu_s()
     _, rows = index.search(queries, 10)
     seconds, cpu = time.perf_counter() - start, _cpu_s() - cpu
-    coarse = ShardedIndex(data / f"ivfpq-{count}", rerank=0).search(queries, 10)[1]
+    coarse = ShardedIndex(data / f"ivfpq-{count}", nprobe=nprobe, rerank=0).search(queries, 10)[1]
 
     def recall(found: np.ndarray) -> float:
         return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
@@ -252,7 +252,7 @@ def main() -> None:
     parser.add_argument("--nlist", type=int, nargs="*", help="IVF lists per size (default: sqrt(N) as 2^k)")
     parser.add_argument("--m", type=int, default=32, help="PQ bytes a vector")
     parser.add_argument("--rerank", type=int, default=100)
-    parser.add_argument("--nprobe", type=int, default=8)
+    parser.add_argument("--nprobe", type=int, default=4)
     parser.add_argument("--k", type=int, default=100, help="Hamming top-k")
     parser.add_argument(
         "--embed-run", type=Path, help="also measure embed-shards throughput, 1 vs 2 processes"
@@ -305,7 +305,9 @@ def main() -> None:
                 str(args.nprobe),
             ],
         )
-        search = run_phase(script, ["search", data, str(count), str(args.threads)])
+        search = run_phase(
+            script, ["search", data, str(count), str(args.threads), str(args.nprobe), str(args.rerank)]
+        )
         row = {
             "kind": "ivfpq",
             "N": count,
