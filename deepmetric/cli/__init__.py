@@ -18,7 +18,7 @@ from deepmetric.extras import MissingDependencyError
 from deepmetric.training.config import ConfigError
 
 # Order of the commands in ``deepmetric --help``.
-COMMAND_MODULES = ("train", "evaluate", "search", "bench", "listing", "doctor")
+COMMAND_MODULES = ("train", "evaluate", "search", "shards", "bench", "listing", "doctor")
 
 __all__ = ["build_parser", "demo_config_path", "main"]
 
