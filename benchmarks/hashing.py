@@ -2,7 +2,7 @@
 
 (a) speed and memory: exact Hamming k-NN over N random 64-bit codes (deepmetric.hashing.hamming_knn, and
     faiss' IndexBinaryFlat when installed) vs exact float k-NN over N x 128 float32 vectors (torch matmul +
-    topk over database chunks: the reference; deepmetric's own float search, evaluation.knn; and faiss'
+    topk over database chunks: the reference; deepmetric's own float search, retrieval.knn; and faiss'
     IndexFlatL2 when installed); same queries and k. deepmetric's CPU kernels are the compiled ones of
     deepmetric.native (the line above the table says whether they were built, or the numpy/torch
     fallbacks ran). Each side runs in its own subprocess: its peak RSS (``ru_maxrss``: data, index and
@@ -158,7 +158,7 @@ def part_a(args: argparse.Namespace) -> None:
     fastest_float = min((results[side] for side in sides if "float" in side), key=lambda r: r["seconds"])
     names = {
         "float_torch": f"float {FLOAT_DIM}-d, torch matmul+topk (reference)",
-        "float_deepmetric": f"float {FLOAT_DIM}-d, deepmetric evaluation.knn",
+        "float_deepmetric": f"float {FLOAT_DIM}-d, deepmetric retrieval.knn",
         "faiss_float": f"float {FLOAT_DIM}-d, faiss IndexFlatL2",
         "hamming": f"hamming {BITS}-bit, deepmetric hamming_knn",
         "faiss_binary": f"hamming {BITS}-bit, faiss IndexBinaryFlat",

@@ -21,7 +21,9 @@ def captured_train(monkeypatch):
     """``deepmetric train`` without training: the config and run folder it would train are recorded."""
     calls = []
     monkeypatch.setattr(
-        deepmetric.training, "train", lambda config, run_dir: calls.append((config, run_dir)) or {"untrained": {}, "trained": {}}
+        deepmetric.training,
+        "train",
+        lambda config, run_dir: calls.append((config, run_dir)) or {"untrained": {}, "trained": {}},
     )
     return calls
 

@@ -347,7 +347,7 @@ def test_build_and_search_index_cli(tmp_path, capsys):
 
 def test_sharded_leave_one_out_metrics_equal_in_memory_evaluation(tmp_path):
     from deepmetric.evaluation import evaluate
-    from deepmetric.retrieval.sharded_eval import evaluate_shards
+    from deepmetric.evaluation.sharded import evaluate_shards
 
     vectors, labels = clustered(500, 8, clusters=12)
     vectors[7] = vectors[3]  # a duplicate: the query's own row is removed, not its twin
@@ -366,7 +366,7 @@ def test_sharded_leave_one_out_metrics_equal_in_memory_evaluation(tmp_path):
 
 def test_sharded_evaluation_through_an_index_equals_exact(tmp_path):
     pytest.importorskip("faiss")
-    from deepmetric.retrieval.sharded_eval import evaluate_shards
+    from deepmetric.evaluation.sharded import evaluate_shards
     from deepmetric.retrieval.sharded_index import build_sharded_index
 
     vectors, labels = clustered(400, 8, clusters=10)

@@ -110,7 +110,7 @@ def cmd_evaluate_shards(args: argparse.Namespace) -> dict[str, float]:
     import json
 
     from deepmetric.cli.common import comma_list
-    from deepmetric.retrieval.sharded_eval import evaluate_shards
+    from deepmetric.evaluation.sharded import evaluate_shards
     from deepmetric.retrieval.sharded_index import ShardedIndex
 
     index = ShardedIndex(args.index, memory_budget_mb=args.memory_budget_mb) if args.index else None

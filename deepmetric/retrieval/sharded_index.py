@@ -37,8 +37,8 @@ import torch
 from tqdm.auto import tqdm
 
 from deepmetric.distances import Distance, EuclideanDistance, get_distance
-from deepmetric.evaluation.knn import knn
 from deepmetric.registry import Registry
+from deepmetric.retrieval.knn import knn
 from deepmetric.retrieval.shards import ShardSet, write_json
 
 INDEX_FORMAT, INDEX_VERSION, INDEX_FILE = "deepmetric-sharded-index", 1, "index.json"
@@ -391,7 +391,7 @@ def exact_search(
     memory_budget_mb: float = 256,
     device: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k-NN over float shards, shard by shard (:func:`deepmetric.evaluation.knn` on ``device``, a
+    """Exact k-NN over float shards, shard by shard (:func:`deepmetric.retrieval.knn.knn` on ``device``, a
     GPU when given), merged by (value, row): the ground truth for the approximate kinds."""
     distance = get_distance(distance)
     if shards.plan.dtype == "bits":
