@@ -51,10 +51,19 @@ def build_model(config: ExperimentConfig) -> EmbeddingModel:
 
     if config.ensemble is not None:
         return build_ensemble(
-            backbone, head, config.ensemble.size, model_config.frozen, model_config.freeze_batchnorm
+            backbone, head, config.ensemble.size, model_config.frozen, model_config.batchnorm_frozen
         )
     body = backbone()
-    return EmbeddingModel(body, head(body.feature_dim), freeze_batchnorm=model_config.freeze_batchnorm)
+    try:
+        return EmbeddingModel(
+            body,
+            head(body.feature_dim),
+            freeze_batchnorm=model_config.batchnorm_frozen,
+            trainable=model_config.trainable_part,
+            flip_average=config.eval.flip,
+        )
+    except ValueError as error:  # a cut point this backbone does not have
+        raise ConfigError(f"model.trainable: {model_config.backbone}: {error}") from None
 
 
 def build_loss(config: ExperimentConfig, num_classes: int, embedding_size: int) -> losses.MetricLoss:

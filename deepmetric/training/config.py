@@ -52,11 +52,25 @@ class ModelConfig:
     batchnorm: bool = False
     normalize: bool = True  # L2-normalise embeddings
     dropout: float = 0.0
-    freeze_batchnorm: bool = False
+    freeze_batchnorm: bool | None = None  # BatchNorm in eval mode (None: yes for last_stage/last_2_stages)
     frozen: bool = False  # frozen-feature mode: cache backbone features once, train the head only
+    # what trains (None: head when frozen, else all): head, last_stage, last_2_stages (from cached
+    # feature maps of the stages before the cut, deepmetric.models.feature_maps) or all (end to end)
+    trainable: str | None = None
+    cache_crops: int = 0  # last_stage/last_2_stages: random-resized-crop views cached per training image
     head: str = "embedding"  # embedding, or hash: embedding_size-bit codes (deepmetric.hashing.HashHead)
     hash_activation: str = "tanh"  # hash head relaxation: tanh or sign_ste (straight-through sign)
     feature_cache: str = "~/.cache/deepmetric/features"  # where frozen-mode features are cached
+
+    @property
+    def trainable_part(self) -> str:
+        return self.trainable if self.trainable is not None else "head" if self.frozen else "all"
+
+    @property
+    def batchnorm_frozen(self) -> bool:
+        if self.freeze_batchnorm is not None:
+            return self.freeze_batchnorm
+        return self.trainable_part in ("last_stage", "last_2_stages")
 
 
 @dataclass
@@ -130,6 +144,7 @@ class EvalConfig:
     batch_size: int = 128  # embedding batch size
     save_embeddings: bool = True
     binarize: bool = False  # evaluate sign(embedding) codes (hashing: ranking by Hamming distance)
+    flip: bool = False  # embed each image and its mirror, average the embeddings (flip test-time augmentation)
 
 
 @dataclass
@@ -383,6 +398,22 @@ def _check_tuple_sampling(config: ExperimentConfig) -> None:
         )
 
 
+def _check_trainable(config: ExperimentConfig) -> None:
+    from deepmetric.models.backbones import TRAINABLE
+
+    model = config.model
+    if model.trainable is not None and model.trainable not in TRAINABLE:
+        raise ConfigError(f"model.trainable: must be one of {list(TRAINABLE)}, got {model.trainable!r}")
+    if model.frozen and model.trainable not in (None, "head"):
+        raise ConfigError(f"model.trainable: {model.trainable!r} trains the backbone, but model.frozen is true")
+    _positive(model.cache_crops, "model.cache_crops", allow_zero=True)
+    partial = model.trainable_part in ("last_stage", "last_2_stages")
+    if model.cache_crops and not partial:
+        raise ConfigError("model.cache_crops: cached crops are for model.trainable last_stage or last_2_stages")
+    if partial and config.ensemble is not None:
+        raise ConfigError("model.trainable: partial fine-tuning does not train ensembles; use head or all")
+
+
 def validate(config: ExperimentConfig) -> None:
     """Check values and component names/parameters; raises ConfigError naming the key."""
     from deepmetric import data, losses, miners, models  # registries fill on import
@@ -416,6 +447,7 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(
             f"model.embedding_size: a hash head takes 8 to 256 bits, got {config.model.embedding_size}"
         )
+    _check_trainable(config)
     if config.model.pooling not in models.head.POOLINGS:
         raise ConfigError(
             f"model.pooling: must be one of {list(models.head.POOLINGS)}, got {config.model.pooling!r}"

@@ -137,8 +137,7 @@ class Trainer:
         with distributed.main_first():  # downloads and feature caches are written once
             self.data: ExperimentData = build_data(config, self.model.backbone, self.device)
         if self.data.features:
-            for parameter in self.model.backbone.parameters():
-                parameter.requires_grad_(False)
+            self.model.freeze_cached_part()
         self.loss = build_loss(config, self.data.num_classes, self.model.embedding_size).to(self.device)
         distributed.broadcast_state(self.loss)
         self.forward = distributed.parallel_forward(self.model, self.data.features, self.device)
