@@ -414,6 +414,31 @@ def _check_trainable(config: ExperimentConfig) -> None:
         raise ConfigError("model.trainable: partial fine-tuning does not train ensembles; use head or all")
 
 
+def _check_memory(config: ExperimentConfig, loss_parameters: list[str] | dict) -> None:
+    """``loss.memory: {size, start, weight}``: a cross-batch memory around a pair-based loss."""
+    memory = config.loss.params["memory"]
+    if not isinstance(memory, dict) or "size" not in memory:
+        raise ConfigError(f"loss.memory: expected a mapping with size (and start, weight), got {memory!r}")
+    for key in memory:
+        if key not in ("size", "start", "weight"):
+            raise _unknown_key(key, ["size", "start", "weight"], "loss.memory")
+    for key in ("size", "start"):
+        if key in memory and (isinstance(memory[key], bool) or not isinstance(memory[key], int)):
+            raise ConfigError(f"loss.memory.{key}: expected an integer, got {memory[key]!r}")
+    _positive(memory["size"], "loss.memory.size")
+    _positive(memory.get("start", 0), "loss.memory.start", allow_zero=True)
+    weight = memory.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+        raise ConfigError(f"loss.memory.weight: must be a number > 0, got {weight!r}")
+    if "num_classes" in loss_parameters:
+        raise ConfigError(
+            f"loss.memory: a cross-batch memory wraps pair-based losses; {config.loss.name!r} uses proxies "
+            "or class weights"
+        )
+    if config.ensemble is not None:
+        raise ConfigError("loss.memory: an ensemble's loss cannot take a cross-batch memory")
+
+
 def validate(config: ExperimentConfig) -> None:
     """Check values and component names/parameters; raises ConfigError naming the key."""
     from deepmetric import data, losses, miners, models  # registries fill on import
@@ -452,7 +477,10 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(
             f"model.pooling: must be one of {list(models.head.POOLINGS)}, got {config.model.pooling!r}"
         )
-    _check_component("loss", config.loss, losses.LOSSES, PROVIDED_LOSS_ARGS)
+    loss_params = {k: v for k, v in config.loss.params.items() if k != "memory"}
+    _check_component("loss", ComponentConfig(config.loss.name, loss_params), losses.LOSSES, PROVIDED_LOSS_ARGS)
+    if "memory" in config.loss.params:
+        _check_memory(config, losses.LOSSES.parameters(config.loss.name))
     _check_ensemble(config, "partitions" in losses.LOSSES.parameters(config.loss.name))
     if config.miner is not None:
         _check_component("miner", config.miner, miners.MINERS, set())

@@ -138,7 +138,9 @@ class Trainer:
             self.data: ExperimentData = build_data(config, self.model.backbone, self.device)
         if self.data.features:
             self.model.freeze_cached_part()
-        self.loss = build_loss(config, self.data.num_classes, self.model.embedding_size).to(self.device)
+        self.loss = build_loss(
+            config, self.data.num_classes, self.model.embedding_size, len(self.data.train_labels)
+        ).to(self.device)
         distributed.broadcast_state(self.loss)
         self.forward = distributed.parallel_forward(self.model, self.data.features, self.device)
         self.miner = build_miner(config)
