@@ -54,8 +54,9 @@ class CrossBatchMemory(nn.Module):
             memory_loss = self.loss(
                 embeddings,
                 labels,
-                ref_embeddings=self.memory[:filled],
-                ref_labels=self.memory_labels[:filled],
+                # copies: the batch is written into the buffers below, before the backward pass
+                ref_embeddings=self.memory[:filled].clone(),
+                ref_labels=self.memory_labels[:filled].clone(),
             )
             loss = loss + self.weight * memory_loss
         if self.training:
