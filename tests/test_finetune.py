@@ -55,14 +55,16 @@ def test_efficientnet_lite0_cut_points_give_the_published_stage_shapes():
 
 
 def test_a_cut_point_the_backbone_lacks_is_refused_naming_the_key(tmp_path):
-    with pytest.raises(ConfigError, match="model.trainable: must be one of"):
+    with pytest.raises(ConfigError, match=r"model.trainable: must be one of"):
         demo_config("model.trainable=last_3_stages")
-    with pytest.raises(ConfigError, match="model.trainable: 'last_stage' trains the backbone"):
+    with pytest.raises(ConfigError, match=r"model.trainable: 'last_stage' trains the backbone"):
         demo_config("model.frozen=true", "model.trainable=last_stage")
-    config = demo_config("model.backbone=timm:resnet18", "model.backbone_options={}", "model.trainable=last_stage")
+    config = demo_config(
+        "model.backbone=timm:resnet18", "model.backbone_options={}", "model.trainable=last_stage"
+    )
     from deepmetric.training.components import build_model
 
-    with pytest.raises(ConfigError, match="model.trainable: timm:resnet18: this backbone has no cut point"):
+    with pytest.raises(ConfigError, match=r"model.trainable: timm:resnet18: this backbone has no cut point"):
         build_model(config)
 
 
@@ -111,7 +113,7 @@ def test_feature_map_dataset_modes():
     torch.manual_seed(0)
     drawn = {float(FeatureMapDataset(views, labels, "random")[0][0][0, 0, 0]) for _ in range(30)}
     assert drawn == {0.0, 1.0}
-    with pytest.raises(ValueError, match="needs the 'mirror' view"):
+    with pytest.raises(ValueError, match=r"needs the 'mirror' view"):
         FeatureMapDataset({"image": views["image"]}, labels, "flip")
 
 
@@ -163,7 +165,9 @@ def test_partial_fine_tuning_trains_the_tail_only_and_saves_an_image_model(tmp_p
     cached = np.load(run / "embeddings/test_embeddings.npy")
     from deepmetric.data import get_dataset
 
-    images = get_dataset(config.data.name, split="test", transform=build_transform(model.input_spec, train=False))
+    images = get_dataset(
+        config.data.name, split="test", transform=build_transform(model.input_spec, train=False)
+    )
     x = torch.stack([images[i][0] for i in range(len(images))])
     with torch.no_grad():
         np.testing.assert_allclose(model(x).numpy(), cached, atol=2e-3)
@@ -175,7 +179,7 @@ def test_unwritable_feature_cache_is_refused_naming_the_key(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     config = demo_config(*TINY, "model.trainable=last_stage", f"model.feature_cache={blocker / 'sub'}")
-    with pytest.raises(ConfigError, match="model.feature_cache: cannot write to"):
+    with pytest.raises(ConfigError, match=r"model.feature_cache: cannot write to"):
         train(config, tmp_path / "run")
 
 
@@ -184,6 +188,5 @@ def test_xbm_trains_through_the_trainer(tmp_path):
     metrics = train(config, tmp_path / "run")
     state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)["loss"]
     assert int(state["filled"]) == 32 and metrics["iterations"] == 6
-    with pytest.raises(ConfigError, match="loss.memory.size: 100000 is larger than the"):
+    with pytest.raises(ConfigError, match=r"loss.memory.size: 100000 is larger than the"):
         train(demo_config(*TINY, "loss.name=contrastive", "loss.memory.size=100000"), tmp_path / "big")
-

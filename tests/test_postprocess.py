@@ -24,9 +24,9 @@ def test_power_normalize_matches_the_definition():
     expected = np.stack([unit(np.array([np.sign(v) * abs(v) ** 0.5 for v in row])) for row in x])
     np.testing.assert_allclose(power_normalize(x, 0.5), expected, rtol=1e-6)
     np.testing.assert_allclose(power_normalize(x, 1.0), np.stack([unit(r) for r in x]), rtol=1e-6)
-    with pytest.raises(ValueError, match="alpha must be in"):
+    with pytest.raises(ValueError, match=r"alpha must be in"):
         power_normalize(x, 0.0)
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match=r"NaN"):
         power_normalize(np.full((2, 2), np.nan))
 
 
@@ -46,9 +46,9 @@ def test_whitening_decorrelates_the_training_set_and_matches_a_reference():
     np.testing.assert_allclose(got @ got.T, expected @ expected.T, atol=1e-5)
     reduced = PCAWhitening(dim=2).fit(train).transform(query)
     assert reduced.shape == (3, 2)
-    with pytest.raises(ValueError, match="not fitted"):
+    with pytest.raises(ValueError, match=r"not fitted"):
         PCAWhitening().transform(query)
-    with pytest.raises(ValueError, match="fitted on 6"):
+    with pytest.raises(ValueError, match=r"fitted on 6"):
         whitening.transform(rows(2, 5, 0))
 
 
@@ -56,9 +56,7 @@ def slow_alpha_qe(queries, database, k, alpha, exclude_self):
     out = []
     for i, q in enumerate(queries):
         q = unit(q)
-        scored = [
-            (float(q @ unit(d)), j) for j, d in enumerate(database) if not (exclude_self and i == j)
-        ]
+        scored = [(float(q @ unit(d)), j) for j, d in enumerate(database) if not (exclude_self and i == j)]
         scored.sort(key=lambda pair: -pair[0])
         total = q.copy()
         for similarity, j in scored[:k]:
@@ -76,7 +74,9 @@ def test_alpha_query_expansion_and_dba_match_a_loop(k, alpha):
         atol=1e-6,
     )
     np.testing.assert_allclose(
-        database_augmentation(database, k, alpha), slow_alpha_qe(database, database, k, alpha, True), atol=1e-6
+        database_augmentation(database, k, alpha),
+        slow_alpha_qe(database, database, k, alpha, True),
+        atol=1e-6,
     )
 
 
@@ -84,5 +84,5 @@ def test_query_expansion_refuses_bad_settings():
     x = rows(4, 3, 0)
     with pytest.raises(ValueError, match=r"k must be in 1\.\.3"):
         database_augmentation(x, k=4)
-    with pytest.raises(ValueError, match="3 dimensions, the database 2"):
+    with pytest.raises(ValueError, match=r"3 dimensions, the database 2"):
         alpha_query_expansion(x, rows(4, 2, 0))

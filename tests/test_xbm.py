@@ -70,11 +70,11 @@ def config(*overrides: str):
 def test_config_builds_the_wrapper_and_refuses_bad_memories():
     loss = build_loss(config("loss.memory={size: 16, start: 2}"), 5, 8, train_size=100)
     assert isinstance(loss, CrossBatchMemory) and (loss.size, loss.start) == (16, 2)
-    with pytest.raises(ConfigError, match="loss.memory.size: 200 is larger than the 100 training samples"):
+    with pytest.raises(ConfigError, match=r"loss.memory.size: 200 is larger than the 100 training samples"):
         build_loss(config("loss.memory.size=200"), 5, 8, train_size=100)
-    with pytest.raises(ConfigError, match="loss.memory.size"):
+    with pytest.raises(ConfigError, match=r"loss.memory.size"):
         config("loss.memory.size=0")
-    with pytest.raises(ConfigError, match="loss.memory.stop"):
+    with pytest.raises(ConfigError, match=r"loss.memory.stop"):
         config("loss.memory={size: 4, stop: 1}")
-    with pytest.raises(ConfigError, match="loss.memory: a cross-batch memory wraps pair-based"):
+    with pytest.raises(ConfigError, match=r"loss.memory: a cross-batch memory wraps pair-based"):
         config("loss.name=proxy_anchor", "loss.memory.size=4")

@@ -71,7 +71,9 @@ class PCAWhitening:
             raise ValueError("PCAWhitening is not fitted: call fit(training embeddings) first")
         x = l2_normalize(_check_matrix(x, "embeddings"))
         if x.shape[1] != len(self.mean):
-            raise ValueError(f"embeddings have {x.shape[1]} dimensions, the whitening was fitted on {len(self.mean)}")
+            raise ValueError(
+                f"embeddings have {x.shape[1]} dimensions, the whitening was fitted on {len(self.mean)}"
+            )
         return l2_normalize((x - self.mean) @ self.projection).astype(np.float32)
 
 

@@ -144,7 +144,9 @@ class EvalConfig:
     batch_size: int = 128  # embedding batch size
     save_embeddings: bool = True
     binarize: bool = False  # evaluate sign(embedding) codes (hashing: ranking by Hamming distance)
-    flip: bool = False  # embed each image and its mirror, average the embeddings (flip test-time augmentation)
+    flip: bool = (
+        False  # embed each image and its mirror, average the embeddings (flip test-time augmentation)
+    )
 
 
 @dataclass
@@ -405,11 +407,15 @@ def _check_trainable(config: ExperimentConfig) -> None:
     if model.trainable is not None and model.trainable not in TRAINABLE:
         raise ConfigError(f"model.trainable: must be one of {list(TRAINABLE)}, got {model.trainable!r}")
     if model.frozen and model.trainable not in (None, "head"):
-        raise ConfigError(f"model.trainable: {model.trainable!r} trains the backbone, but model.frozen is true")
+        raise ConfigError(
+            f"model.trainable: {model.trainable!r} trains the backbone, but model.frozen is true"
+        )
     _positive(model.cache_crops, "model.cache_crops", allow_zero=True)
     partial = model.trainable_part in ("last_stage", "last_2_stages")
     if model.cache_crops and not partial:
-        raise ConfigError("model.cache_crops: cached crops are for model.trainable last_stage or last_2_stages")
+        raise ConfigError(
+            "model.cache_crops: cached crops are for model.trainable last_stage or last_2_stages"
+        )
     if partial and config.ensemble is not None:
         raise ConfigError("model.trainable: partial fine-tuning does not train ensembles; use head or all")
 
@@ -478,7 +484,9 @@ def validate(config: ExperimentConfig) -> None:
             f"model.pooling: must be one of {list(models.head.POOLINGS)}, got {config.model.pooling!r}"
         )
     loss_params = {k: v for k, v in config.loss.params.items() if k != "memory"}
-    _check_component("loss", ComponentConfig(config.loss.name, loss_params), losses.LOSSES, PROVIDED_LOSS_ARGS)
+    _check_component(
+        "loss", ComponentConfig(config.loss.name, loss_params), losses.LOSSES, PROVIDED_LOSS_ARGS
+    )
     if "memory" in config.loss.params:
         _check_memory(config, losses.LOSSES.parameters(config.loss.name))
     _check_ensemble(config, "partitions" in losses.LOSSES.parameters(config.loss.name))
