@@ -32,6 +32,7 @@ from deepmetric.retrieval.postprocess import (
     PCAWhitening,
     alpha_query_expansion,
     database_augmentation,
+    k_reciprocal_rerank,
     l2_normalize,
     power_normalize,
 )
@@ -74,6 +75,23 @@ def scores(x: np.ndarray, labels: np.ndarray, queries: np.ndarray | None = None)
     return {k: round(100 * v, 1) for k, v in result.items()}
 
 
+def distance_scores(distance: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Recall@1 and MAP@R (leave-one-out: the diagonal is the query itself) from a distance matrix."""
+    distance = distance.astype(np.float64).copy()
+    np.fill_diagonal(distance, np.inf)
+    order = np.argsort(distance, axis=1, kind="stable")
+    relevant = labels[order] == labels[:, None]
+    r = relevant.sum(axis=1) - 1  # the query itself, ranked last (infinite distance), is not counted
+    precision_sums = []
+    for row, count in zip(relevant, r):
+        hits = row[:count]
+        precision_sums.append((np.cumsum(hits) / np.arange(1, count + 1) * hits).sum() / count)
+    return {
+        "recall@1": round(100 * float(relevant[:, 0].mean()), 1),
+        "map@r": round(100 * float(np.mean(precision_sums)), 1),
+    }
+
+
 def table(args: argparse.Namespace) -> None:
     out = Path(args.out)
 
@@ -108,6 +126,13 @@ def table(args: argparse.Namespace) -> None:
                 for set_name, (x, labels) in sets.items():
                     row[set_name] = scores(transform(x), labels)
                 rows.append(row)
+            row = {"pooling": pooling, "flip": flip, "option": "k-reciprocal (20, 6, 0.3)"}
+            for set_name, (x, labels) in sets.items():
+                # the distance-matrix metrics agree with deepmetric.evaluation on the plain cosine ranking
+                if distance_scores(1 - x @ x.T, labels) != scores(x, labels):
+                    raise AssertionError("distance_scores disagrees with deepmetric.evaluation")
+                row[set_name] = distance_scores(k_reciprocal_rerank(x, x, args.k1, 6, 0.3), labels)
+            rows.append(row)
             for k in (1, 2):
                 row = {"pooling": pooling, "flip": flip, "option": f"alpha-QE k={k}"}
                 for set_name, (x, labels) in sets.items():
@@ -130,6 +155,7 @@ def main() -> None:
     parser.add_argument(
         "--eps", type=float, default=1e-3, help="whitening eps (relative to the largest variance)"
     )
+    parser.add_argument("--k1", type=int, default=20, help="k-reciprocal re-ranking k1")
     parser.add_argument("--out", required=True, help="folder for pooled features and table.json")
     args = parser.parse_args()
     pool(args) if args.step == "pool" else table(args)

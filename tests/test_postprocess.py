@@ -7,6 +7,7 @@ from deepmetric.retrieval.postprocess import (
     PCAWhitening,
     alpha_query_expansion,
     database_augmentation,
+    k_reciprocal_rerank,
     power_normalize,
 )
 
@@ -86,3 +87,56 @@ def test_query_expansion_refuses_bad_settings():
         database_augmentation(x, k=4)
     with pytest.raises(ValueError, match=r"3 dimensions, the database 2"):
         alpha_query_expansion(x, rows(4, 2, 0))
+
+
+def slow_rerank(queries, gallery, k1, k2, lam):
+    """k-reciprocal re-ranking written out with Python sets and loops, one pair at a time."""
+    items = [unit(v) for v in np.concatenate([queries, gallery])]
+    n = len(items)
+    d = np.array([[max(1.0 - float(a @ b), 0.0) for b in items] for a in items])
+    d = d / d.max(axis=0, keepdims=True)
+    order = [sorted(range(n), key=lambda j, i=i: (d[i, j], j)) for i in range(n)]
+
+    def reciprocal(i, k):
+        return {j for j in order[i][: k + 1] if i in order[j][: k + 1]}
+
+    vectors = []
+    for i in range(n):
+        r = reciprocal(i, k1)
+        grown = set(r)
+        for c in r:
+            theirs = reciprocal(c, int(np.around(k1 / 2)))
+            if len(theirs & r) > 2 / 3 * len(theirs):
+                grown |= theirs
+        total = sum(np.exp(-d[i, j]) for j in grown)
+        vectors.append({j: np.exp(-d[i, j]) / total for j in grown})
+    expanded = []
+    for i in range(n):
+        mean = {}
+        for j in order[i][:k2]:
+            for c, w in vectors[j].items():
+                mean[c] = mean.get(c, 0.0) + w / k2
+        expanded.append(mean)
+    out = np.zeros((len(queries), len(gallery)))
+    for i in range(len(queries)):
+        for g in range(len(gallery)):
+            a, b = expanded[i], expanded[len(queries) + g]
+            columns = set(a) | set(b)
+            low = sum(min(a.get(c, 0.0), b.get(c, 0.0)) for c in columns)
+            high = sum(max(a.get(c, 0.0), b.get(c, 0.0)) for c in columns)
+            out[i, g] = lam * d[i, len(queries) + g] + (1 - lam) * (1 - low / high)
+    return out
+
+
+@pytest.mark.parametrize("k1, k2, lam", [(4, 1, 0.3), (5, 3, 0.0), (6, 2, 1.0)])
+def test_k_reciprocal_rerank_matches_a_loop(k1, k2, lam):
+    centres = rows(3, 6, 7) * 3
+    queries = centres[[0, 1, 2, 0]] + rows(4, 6, 8)
+    gallery = centres[np.arange(14) % 3] + rows(14, 6, 9)
+    np.testing.assert_allclose(
+        k_reciprocal_rerank(queries, gallery, k1, k2, lam),
+        slow_rerank(queries, gallery, k1, k2, lam),
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match=r"1 <= k2 <= k1 < 18"):
+        k_reciprocal_rerank(queries, gallery, k1=20)
