@@ -89,6 +89,10 @@ def test_feature_map_cache_holds_each_view_and_is_keyed(tmp_path, monkeypatch):
     monkeypatch.setattr("deepmetric.models.feature_maps._extract", lambda *a, **k: pytest.fail("recomputed"))
     again = extract_feature_maps(backbone, "last_stage", dataset, tmp_path, views=views)
     assert all(np.array_equal(again[v], maps[v]) for v in views)
+    _, tail = backbone.split("last_stage")
+    with torch.no_grad():
+        next(tail.parameters()).add_(1.0)  # trained stages changed, frozen stages not: the maps still hold
+    extract_feature_maps(backbone, "last_stage", dataset, tmp_path, views=views)
     monkeypatch.undo()
 
     # other weights, another cut point, another dataset: new files, never a stale cache

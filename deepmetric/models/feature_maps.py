@@ -9,8 +9,9 @@ back memory-mapped. Views:
 - ``crop0``, ``crop1``, ...: random resized crops with random flips (the usual training augmentation),
   each drawn from a seed of its own ``(crop_seed, image index, crop number)``, so a cache is reproducible.
 
-Each view is one file named by a hash of the backbone fingerprint (architecture and every weight, so
-other weights or a fine-tuned state never reuse a cache), the cut point, the view's transform ``repr``,
+Each view is one file named by a hash of the trunk's fingerprint (architecture and every weight of the
+frozen stages: other weights never reuse a cache, while a model whose trained stages changed still
+reuses the maps it was trained from), the cut point, the view's transform ``repr``,
 the view name, the crop seed and the dataset's identity (see :mod:`deepmetric.models.features`). Every
 image is decoded once for all missing views; files are written to a temporary name and renamed.
 
@@ -122,7 +123,7 @@ def extract_feature_maps(
         )
     trunk, _ = backbone.split(cut)
     cache_dir = Path(cache_dir).expanduser()
-    fingerprint = backbone_fingerprint(backbone)
+    fingerprint = backbone_fingerprint(trunk)
     paths = {
         name: cache_dir / f"maps-{view_key(backbone, cut, dataset, name, crop_seed, fingerprint)}.npy"
         for name in views
