@@ -416,6 +416,8 @@ def _check_trainable(config: ExperimentConfig) -> None:
         raise ConfigError(
             "model.cache_crops: cached crops are for model.trainable last_stage or last_2_stages"
         )
+    if model.cache_crops and config.data.augment == "none":
+        raise ConfigError("model.cache_crops: cached crops are augmentation, but data.augment is none")
     if partial and config.ensemble is not None:
         raise ConfigError("model.trainable: partial fine-tuning does not train ensembles; use head or all")
 

@@ -127,7 +127,8 @@ def writable_cache(config: ExperimentConfig) -> Path:
 
 def build_map_data(config: ExperimentConfig, backbone: Backbone, device: torch.device) -> ExperimentData:
     """Partial fine-tuning: every set holds the frozen trunk's cached feature maps (``model.trainable``).
-    Training draws a random cached view per sample (image, mirror, ``model.cache_crops`` crops);
+    Training draws a random cached view per sample (image, mirror, ``model.cache_crops`` crops; the image
+    alone with ``data.augment: none``);
     evaluation uses the image view, or image and mirror with ``eval.flip``."""
     from deepmetric.models.feature_maps import cached_map_datasets, view_names
 
@@ -139,19 +140,16 @@ def build_map_data(config: ExperimentConfig, backbone: Backbone, device: torch.d
     def load(split: str):
         return lambda: get_dataset(data.name, root=data.root, split=split, transform=None, **data.options)
 
+    # data.augment none: training sees the plain image view only; otherwise its mirror and crops too
+    train_views = ["image"] if data.augment == "none" else view_names(config.model.cache_crops)
+    eval_views = ["image", "mirror"] if config.eval.flip else ["image"]
+    if config.eval.flip and "mirror" not in train_views:
+        train_views.append("mirror")  # the validation classes are embedded flip-averaged as well
     train, validation_source = cached_map_datasets(
-        backbone,
-        cut,
-        load(data.train_split),
-        folder,
-        view_names(config.model.cache_crops),
-        ("random", eval_mode),
-        **options,
+        backbone, cut, load(data.train_split), folder, train_views, ("random", eval_mode), **options
     )
     evaluation = {
-        name: cached_map_datasets(
-            backbone, cut, load(split), folder, ["image", "mirror"], (eval_mode,), **options
-        )[0]
+        name: cached_map_datasets(backbone, cut, load(split), folder, eval_views, (eval_mode,), **options)[0]
         for name, split in evaluation_splits(config).items()
     }
     if data.query_per_class > 0:
