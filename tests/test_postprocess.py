@@ -140,3 +140,20 @@ def test_k_reciprocal_rerank_matches_a_loop(k1, k2, lam):
     )
     with pytest.raises(ValueError, match=r"1 <= k2 <= k1 < 18"):
         k_reciprocal_rerank(queries, gallery, k1=20)
+
+
+def test_eval_dba_ranks_the_augmented_embeddings(tmp_path):
+    from deepmetric.evaluation import evaluate
+    from deepmetric.training import train
+    from tests.demo_configs import TINY_RUN, demo_config
+
+    config = demo_config(*TINY_RUN, "train.iterations=0", "eval.dba_k=2", "eval.metrics=[recall@1, map@r]")
+    metrics = train(config, tmp_path / "run")
+    saved = np.load(tmp_path / "run/embeddings/test_embeddings.npy")  # the embeddings themselves
+    labels = np.load(tmp_path / "run/embeddings/test_labels.npy")
+    expected = evaluate(database_augmentation(saved, 2, 3.0), labels, metrics=["recall@1", "map@r"])
+    plain = evaluate(saved, labels, metrics=["map@r"])
+    assert metrics["trained"] == pytest.approx(expected)
+    assert metrics["trained"]["map@r"] != pytest.approx(plain["map@r"])
+    with pytest.raises(ValueError, match=r"eval.dba_k: database-side augmentation mixes"):
+        demo_config("eval.dba_k=2", "eval.binarize=true")

@@ -144,9 +144,9 @@ class EvalConfig:
     batch_size: int = 128  # embedding batch size
     save_embeddings: bool = True
     binarize: bool = False  # evaluate sign(embedding) codes (hashing: ranking by Hamming distance)
-    flip: bool = (
-        False  # embed each image and its mirror, average the embeddings (flip test-time augmentation)
-    )
+    flip: bool = False  # embed each image and its mirror, average the embeddings (flip TTA)
+    dba_k: int = 0  # database-side augmentation with this many neighbours before ranking (0: off)
+    dba_alpha: float = 3.0  # DBA neighbour weight: cosine similarity ** dba_alpha
 
 
 @dataclass
@@ -516,6 +516,12 @@ def validate(config: ExperimentConfig) -> None:
             parse_metric(name)
         except ValueError as error:
             raise ConfigError(f"eval.metrics: {error}") from None
+    _positive(config.eval.dba_k, "eval.dba_k", allow_zero=True)
+    _positive(config.eval.dba_alpha, "eval.dba_alpha", allow_zero=True)
+    if config.eval.dba_k and config.eval.binarize:
+        raise ConfigError(
+            "eval.dba_k: database-side augmentation mixes real-valued embeddings, not binary codes"
+        )
     if config.train.best_metric not in config.eval.metrics:
         raise ConfigError(
             f"train.best_metric: {config.train.best_metric!r} is not among eval.metrics {config.eval.metrics}"

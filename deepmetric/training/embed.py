@@ -9,6 +9,8 @@ import torch
 from tqdm.auto import tqdm
 
 from deepmetric.models import EmbeddingModel
+from deepmetric.retrieval.postprocess import database_augmentation
+from deepmetric.training.config import EvalConfig
 
 
 @torch.no_grad()
@@ -44,6 +46,15 @@ def embed_dataset(
     if not chunks:
         raise ValueError("cannot embed an empty dataset")
     return torch.cat(chunks).numpy()
+
+
+def augment_database(config: EvalConfig, embeddings: np.ndarray) -> np.ndarray:
+    """With ``eval.dba_k > 0``, database-side augmentation of the searched embeddings (the gallery, or
+    the whole set in leave-one-out retrieval): each becomes the normalised ``similarity^eval.dba_alpha``
+    weighted sum of itself and its ``dba_k`` nearest neighbours."""
+    if config.dba_k == 0:
+        return embeddings
+    return database_augmentation(embeddings, config.dba_k, config.dba_alpha)
 
 
 def load_model(

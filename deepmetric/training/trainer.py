@@ -46,7 +46,7 @@ from deepmetric.training.components import (
 )
 from deepmetric.training.config import ExperimentConfig, load_config, save_config
 from deepmetric.training.data import ExperimentData, build_data
-from deepmetric.training.embed import embed_dataset
+from deepmetric.training.embed import augment_database, embed_dataset
 
 log = logging.getLogger("deepmetric")
 
@@ -261,13 +261,15 @@ class Trainer:
         config = self.config.eval
         options = {"metrics": config.metrics, "distance": config.distance, "device": self.device}
         if name == "validation":
-            embeddings = self.embed(self.data.validation)
+            embeddings = augment_database(config, self.embed(self.data.validation))
             return self._evaluate(embeddings, self.data.validation.labels, **options)
         sets = self.data.evaluation
         if "gallery" in sets:
-            query, gallery = self.embed(sets["query"]), self.embed(sets["gallery"])
+            query, gallery = self.embed(sets["query"]), augment_database(config, self.embed(sets["gallery"]))
             return self._evaluate(query, sets["query"].labels, gallery, sets["gallery"].labels, **options)
-        return self._evaluate(self.embed(sets["test"]), sets["test"].labels, **options)
+        return self._evaluate(
+            augment_database(config, self.embed(sets["test"])), sets["test"].labels, **options
+        )
 
     @staticmethod
     def _evaluate(*arrays: Any, **options: Any) -> dict[str, float]:
