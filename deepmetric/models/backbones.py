@@ -7,6 +7,8 @@ transforms always match the network they feed.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -14,6 +16,12 @@ from deepmetric.data.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec  # noqa:
 from deepmetric.registry import Registry
 
 BACKBONES = Registry("backbone")
+
+# ``model.trainable``: which part of the backbone trains. ``head``: none (cached pooled features);
+# ``last_stage`` / ``last_2_stages``: the backbone's last one or two stages, trained from cached feature maps
+# of the frozen stages before them (partial fine-tuning on a CPU); ``all``: end-to-end fine-tuning.
+TRAINABLE = ("head", "last_stage", "last_2_stages", "all")
+CUT_POINTS = {"last_stage": 1, "last_2_stages": 2}  # cut point -> number of trailing stages trained
 
 
 class Backbone(nn.Module):
@@ -30,6 +38,35 @@ class Backbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)
+
+    @property
+    def cut_points(self) -> tuple[str, ...]:
+        """The ``model.trainable`` cut points this backbone can be split at (its body lists ``stages()``)."""
+        return tuple(CUT_POINTS) if callable(getattr(self.body, "stages", None)) else ()
+
+    def split(self, cut: str) -> tuple[nn.Module, nn.Module]:
+        """``(trunk, tail)`` with ``tail(trunk(images)) == self(images)``: the frozen stages and the last
+        ``CUT_POINTS[cut]`` stages. Both share this backbone's modules (no copy)."""
+        if cut not in self.cut_points:
+            available = list(self.cut_points) or "none"
+            raise ValueError(f"this backbone has no cut point {cut!r} (cut points: {available})")
+        stages = list(self.body.stages())
+        count = CUT_POINTS[cut]
+        return nn.Sequential(*stages[:-count]), nn.Sequential(*stages[-count:])
+
+
+class StagedSequential(nn.Sequential):
+    """An ``nn.Sequential`` body that also lists its stages: ``stage_starts`` are the indices where stages
+    begin (after the first), so that the backbone can be cut between them."""
+
+    def __init__(self, *layers: nn.Module, stage_starts: tuple[int, ...]) -> None:
+        super().__init__(*layers)
+        self.stage_starts = stage_starts
+
+    def stages(self) -> list[nn.Module]:
+        bounds = [0, *self.stage_starts, len(self)]
+        layers = list(self)
+        return [nn.Sequential(*layers[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
 @BACKBONES.register("small_cnn")
@@ -53,7 +90,7 @@ def small_cnn(
             raise ValueError(f"small_cnn: {name} must be a positive integer, got {value!r}")
     if pretrained or weights:
         raise ValueError("small_cnn has no pretrained weights; set model.pretrained=false")
-    body = nn.Sequential(
+    body = StagedSequential(
         nn.Conv2d(in_channels, width, 3, padding=1),
         nn.BatchNorm2d(width),
         nn.ReLU(inplace=True),
@@ -64,6 +101,7 @@ def small_cnn(
         nn.Conv2d(width, 2 * width, 3, padding=1),
         nn.BatchNorm2d(2 * width),
         nn.ReLU(inplace=True),
+        stage_starts=(3, 7),  # three stages: conv, conv + pool, conv
     )
     spec = InputSpec(
         image_size=image_size, resize_size=image_size, channels=in_channels, mean=(0.5,), std=(0.5,)

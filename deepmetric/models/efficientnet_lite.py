@@ -70,6 +70,17 @@ class _Features(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(images)
 
+    def stages(self) -> list[nn.Module]:
+        """Stem, the seven block stages, the 1x1 head convolution joined to the last stage: the cut points
+        (``Backbone.split``) fall between stages, e.g. ``last_2_stages`` caches 112 x 14 x 14 maps."""
+        model = self.model
+        blocks = list(model.blocks)
+        return [
+            nn.Sequential(model.conv_stem, model.bn1),
+            *blocks[:-1],
+            nn.Sequential(blocks[-1], model.conv_head, model.bn2),
+        ]
+
 
 @BACKBONES.register("efficientnet_lite0")
 def efficientnet_lite0(pretrained: bool = True, weights: str | None = None) -> Backbone:

@@ -10,6 +10,7 @@ import torch
 
 from deepmetric import losses, miners
 from deepmetric.data.pairs import TupleBatchSampler, tuple_indices
+from deepmetric.losses.xbm import CrossBatchMemory
 from deepmetric.masks import PairIndices, TripletIndices
 from deepmetric.models import HEADS, Backbone, EmbeddingModel, build_backbone
 from deepmetric.models.ensemble import build_ensemble, meta_class_partitions
@@ -54,21 +55,43 @@ def build_model(config: ExperimentConfig) -> EmbeddingModel:
 
     if config.ensemble is not None:
         return build_ensemble(
-            backbone, head, config.ensemble.size, model_config.frozen, model_config.freeze_batchnorm
+            backbone, head, config.ensemble.size, model_config.frozen, model_config.batchnorm_frozen
         )
     body = backbone()
-    return EmbeddingModel(body, head(body.feature_dim), freeze_batchnorm=model_config.freeze_batchnorm)
+    try:
+        return EmbeddingModel(
+            body,
+            head(body.feature_dim),
+            freeze_batchnorm=model_config.batchnorm_frozen,
+            trainable=model_config.trainable_part,
+            flip_average=config.eval.flip,
+        )
+    except ValueError as error:  # a cut point this backbone does not have
+        raise ConfigError(f"model.trainable: {model_config.backbone}: {error}") from None
 
 
-def build_loss(config: ExperimentConfig, num_classes: int, embedding_size: int) -> losses.MetricLoss:
-    """The configured loss; proxy/classification losses get the class count and embedding size."""
+def build_loss(
+    config: ExperimentConfig, num_classes: int, embedding_size: int, train_size: int | None = None
+) -> losses.MetricLoss | CrossBatchMemory:
+    """The configured loss; proxy/classification losses get the class count and embedding size.
+    With ``loss.memory`` the loss is wrapped in a cross-batch memory, no larger than the ``train_size``
+    training samples."""
     accepted = losses.LOSSES.parameters(config.loss.name)
     provided = {"num_classes": num_classes, "embedding_size": embedding_size}
     if config.ensemble is not None:
         size, meta_classes = config.ensemble.size, config.ensemble.meta_classes
         provided["partitions"] = meta_class_partitions(num_classes, size, meta_classes, config.seed)
     kwargs = {k: v for k, v in provided.items() if k in accepted}
-    return losses.get(config.loss.name, **config.loss.params, **kwargs)
+    params = dict(config.loss.params)
+    memory = params.pop("memory", None)
+    loss = losses.get(config.loss.name, **params, **kwargs)
+    if memory is None:
+        return loss
+    if train_size is not None and memory["size"] > train_size:
+        raise ConfigError(
+            f"loss.memory.size: {memory['size']} is larger than the {train_size} training samples"
+        )
+    return CrossBatchMemory(loss, embedding_size, **memory)
 
 
 def build_batch_sampler(config: ExperimentConfig, labels: np.ndarray) -> PKSampler | TupleBatchSampler:

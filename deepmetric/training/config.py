@@ -58,11 +58,25 @@ class ModelConfig:
     batchnorm: bool = False
     normalize: bool = True  # L2-normalise embeddings
     dropout: float = 0.0
-    freeze_batchnorm: bool = False
+    freeze_batchnorm: bool | None = None  # BatchNorm in eval mode (None: yes for last_stage/last_2_stages)
     frozen: bool = False  # frozen-feature mode: cache backbone features once, train the head only
+    # what trains (None: head when frozen, else all): head, last_stage, last_2_stages (from cached
+    # feature maps of the stages before the cut, deepmetric.models.feature_maps) or all (end to end)
+    trainable: str | None = None
+    cache_crops: int = 0  # last_stage/last_2_stages: random-resized-crop views cached per training image
     head: str = "embedding"  # embedding, or hash: embedding_size-bit codes (deepmetric.models.HEADS)
     hash_activation: str = "tanh"  # hash head relaxation: tanh or sign_ste (straight-through sign)
     feature_cache: str = "~/.cache/deepmetric/features"  # where frozen-mode features are cached
+
+    @property
+    def trainable_part(self) -> str:
+        return self.trainable if self.trainable is not None else "head" if self.frozen else "all"
+
+    @property
+    def batchnorm_frozen(self) -> bool:
+        if self.freeze_batchnorm is not None:
+            return self.freeze_batchnorm
+        return self.trainable_part in ("last_stage", "last_2_stages")
 
 
 @dataclass
@@ -138,6 +152,9 @@ class EvalConfig:
     save_embeddings: bool = True
     binarize: bool = False  # evaluate sign(embedding) codes (hashing: ranking by Hamming distance)
     memory_budget_mb: float = 512  # working memory of the evaluation, on top of the embeddings
+    flip: bool = False  # embed each image and its mirror, average the embeddings (flip TTA)
+    dba_k: int = 0  # database-side augmentation with this many neighbours before ranking (0: off)
+    dba_alpha: float = 3.0  # DBA neighbour weight: cosine similarity ** dba_alpha
 
 
 @dataclass
@@ -458,6 +475,53 @@ def _check_tuple_sampling(config: ExperimentConfig) -> None:
         )
 
 
+def _check_trainable(config: ExperimentConfig) -> None:
+    from deepmetric.models.backbones import TRAINABLE
+
+    model = config.model
+    if model.trainable is not None and model.trainable not in TRAINABLE:
+        raise ConfigError(f"model.trainable: must be one of {list(TRAINABLE)}, got {model.trainable!r}")
+    if model.frozen and model.trainable not in (None, "head"):
+        raise ConfigError(
+            f"model.trainable: {model.trainable!r} trains the backbone, but model.frozen is true"
+        )
+    _positive(model.cache_crops, "model.cache_crops", allow_zero=True)
+    partial = model.trainable_part in ("last_stage", "last_2_stages")
+    if model.cache_crops and not partial:
+        raise ConfigError(
+            "model.cache_crops: cached crops are for model.trainable last_stage or last_2_stages"
+        )
+    if model.cache_crops and config.data.augment == "none":
+        raise ConfigError("model.cache_crops: cached crops are augmentation, but data.augment is none")
+    if partial and config.ensemble is not None:
+        raise ConfigError("model.trainable: partial fine-tuning does not train ensembles; use head or all")
+
+
+def _check_memory(config: ExperimentConfig, loss_parameters: list[str] | dict) -> None:
+    """``loss.memory: {size, start, weight}``: a cross-batch memory around a pair-based loss."""
+    memory = config.loss.params["memory"]
+    if not isinstance(memory, dict) or "size" not in memory:
+        raise ConfigError(f"loss.memory: expected a mapping with size (and start, weight), got {memory!r}")
+    for key in memory:
+        if key not in ("size", "start", "weight"):
+            raise _unknown_key(key, ["size", "start", "weight"], "loss.memory")
+    for key in ("size", "start"):
+        if key in memory and (isinstance(memory[key], bool) or not isinstance(memory[key], int)):
+            raise ConfigError(f"loss.memory.{key}: expected an integer, got {memory[key]!r}")
+    _positive(memory["size"], "loss.memory.size")
+    _positive(memory.get("start", 0), "loss.memory.start", allow_zero=True)
+    weight = memory.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+        raise ConfigError(f"loss.memory.weight: must be a number > 0, got {weight!r}")
+    if "num_classes" in loss_parameters:
+        raise ConfigError(
+            f"loss.memory: a cross-batch memory wraps pair-based losses; {config.loss.name!r} uses proxies "
+            "or class weights"
+        )
+    if config.ensemble is not None:
+        raise ConfigError("loss.memory: an ensemble's loss cannot take a cross-batch memory")
+
+
 def validate(config: ExperimentConfig) -> None:
     """Check values and component names/parameters; raises ConfigError naming the key."""
     from deepmetric import data, losses, miners, models  # registries fill on import
@@ -485,8 +549,14 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(
             f"model.embedding_size: a hash head takes {low} to {high} bits, got {config.model.embedding_size}"
         )
+    _check_trainable(config)
     _check_name("model.pooling", "pooling", config.model.pooling, models.POOLINGS)
-    _check_component("loss", config.loss, losses.LOSSES, PROVIDED_LOSS_ARGS)
+    loss_params = {k: v for k, v in config.loss.params.items() if k != "memory"}
+    _check_component(
+        "loss", ComponentConfig(config.loss.name, loss_params), losses.LOSSES, PROVIDED_LOSS_ARGS
+    )
+    if "memory" in config.loss.params:
+        _check_memory(config, losses.LOSSES.parameters(config.loss.name))
     _check_ensemble(config, "partitions" in losses.LOSSES.parameters(config.loss.name))
     if config.miner is not None:
         _check_component("miner", config.miner, miners.MINERS, set())
@@ -508,6 +578,12 @@ def validate(config: ExperimentConfig) -> None:
             parse_metric(name)
         except ValueError as error:
             raise ConfigError(f"eval.metrics: {error}") from None
+    _positive(config.eval.dba_k, "eval.dba_k", allow_zero=True)
+    _positive(config.eval.dba_alpha, "eval.dba_alpha", allow_zero=True)
+    if config.eval.dba_k and config.eval.binarize:
+        raise ConfigError(
+            "eval.dba_k: database-side augmentation mixes real-valued embeddings, not binary codes"
+        )
     if config.train.best_metric not in config.eval.metrics:
         raise ConfigError(
             f"train.best_metric: {config.train.best_metric!r} is not among eval.metrics {config.eval.metrics}"

@@ -12,6 +12,7 @@ there: features are extracted once with the evaluation transform).
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 from deepmetric.data import get_dataset, subset
 from deepmetric.data.transforms import build_transform
 from deepmetric.models import Backbone
+from deepmetric.models.backbones import CUT_POINTS
 from deepmetric.training.config import ConfigError, ExperimentConfig
 
 
@@ -94,6 +96,8 @@ def evaluation_splits(config: ExperimentConfig) -> dict[str, str]:
 
 
 def build_data(config: ExperimentConfig, backbone: Backbone, device: torch.device) -> ExperimentData:
+    if config.model.trainable_part in CUT_POINTS:
+        return build_map_data(config, backbone, device)
     data = config.data
     spec = backbone.input_spec
     frozen = config.model.frozen
@@ -129,6 +133,61 @@ def build_data(config: ExperimentConfig, backbone: Backbone, device: torch.devic
         train = subset(train, ~held_out)
         labels = labels[~held_out]
     return ExperimentData(train, contiguous(labels), evaluation, validation, features=frozen)
+
+
+def writable_cache(config: ExperimentConfig) -> Path:
+    """The feature cache folder, created; refused with a message naming ``model.feature_cache``."""
+    folder = Path(config.model.feature_cache).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"model.feature_cache: cannot write to {folder}: {error.strerror or error}"
+        ) from None
+    return folder
+
+
+def build_map_data(config: ExperimentConfig, backbone: Backbone, device: torch.device) -> ExperimentData:
+    """Partial fine-tuning: every set holds the frozen trunk's cached feature maps (``model.trainable``).
+    Training draws a random cached view per sample (image, mirror, ``model.cache_crops`` crops; the image
+    alone with ``data.augment: none``);
+    evaluation uses the image view, or image and mirror with ``eval.flip``."""
+    from deepmetric.models.feature_maps import cached_map_datasets, view_names
+
+    data, cut = config.data, config.model.trainable_part
+    folder = writable_cache(config)
+    options = {"batch_size": config.eval.batch_size, "device": device, "num_workers": data.num_workers}
+    eval_mode = "flip" if config.eval.flip else "image"
+
+    def load(split: str):
+        return lambda: get_dataset(data.name, root=data.root, split=split, transform=None, **data.options)
+
+    # data.augment none: training sees the plain image view only; otherwise its mirror and crops too
+    train_views = ["image"] if data.augment == "none" else view_names(config.model.cache_crops)
+    eval_views = ["image", "mirror"] if config.eval.flip else ["image"]
+    if config.eval.flip and "mirror" not in train_views:
+        train_views.append("mirror")  # the validation classes are embedded flip-averaged as well
+    train, validation_source = cached_map_datasets(
+        backbone, cut, load(data.train_split), folder, train_views, ("random", eval_mode), **options
+    )
+    evaluation = {
+        name: cached_map_datasets(backbone, cut, load(split), folder, eval_views, (eval_mode,), **options)[0]
+        for name, split in evaluation_splits(config).items()
+    }
+    if data.query_per_class > 0:
+        queries = "query" if "query" in evaluation else "test"
+        keep = per_class_sample(np.asarray(evaluation[queries].labels), data.query_per_class, config.seed)
+        evaluation[queries] = subset(evaluation[queries], keep)
+    labels = np.asarray(train.labels)
+    validation = None
+    if data.validation_classes > 0:
+        held_out = split_validation_classes(labels, data.validation_classes, config.seed)
+        validation = subset(validation_source, held_out)
+        train = subset(train, ~held_out)
+        labels = labels[~held_out]
+    return ExperimentData(train, contiguous(labels), evaluation, validation, features=True)
 
 
 def cached_features(

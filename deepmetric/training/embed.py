@@ -10,7 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from deepmetric.models import EmbeddingModel
-from deepmetric.training.config import ExperimentConfig
+from deepmetric.retrieval.postprocess import database_augmentation
+from deepmetric.training.config import EvalConfig, ExperimentConfig
 from deepmetric.training.run_folder import RunFolder
 
 
@@ -65,6 +66,15 @@ def save_evaluation_embeddings(
         if run is not None:
             run.save_embeddings(split, embeddings, np.asarray(dataset.labels))
     return saved
+
+
+def augment_database(config: EvalConfig, embeddings: np.ndarray) -> np.ndarray:
+    """With ``eval.dba_k > 0``, database-side augmentation of the searched embeddings (the gallery, or
+    the whole set in leave-one-out retrieval): each becomes the normalised ``similarity^eval.dba_alpha``
+    weighted sum of itself and its ``dba_k`` nearest neighbours."""
+    if config.dba_k == 0:
+        return embeddings
+    return database_augmentation(embeddings, config.dba_k, config.dba_alpha)
 
 
 def load_model(

@@ -41,7 +41,7 @@ from deepmetric.training.components import (
 )
 from deepmetric.training.config import ExperimentConfig
 from deepmetric.training.data import ExperimentData, build_data
-from deepmetric.training.embed import embed_dataset, save_evaluation_embeddings
+from deepmetric.training.embed import augment_database, embed_dataset, save_evaluation_embeddings
 from deepmetric.training.run_folder import RunFolder
 from deepmetric.training.statistics import batch_statistics
 
@@ -156,9 +156,10 @@ class Trainer:
         with distributed.main_first():  # downloads and feature caches are written once
             self.data: ExperimentData = build_data(config, self.model.backbone, self.device)
         if self.data.features:
-            for parameter in self.model.backbone.parameters():
-                parameter.requires_grad_(False)
-        self.loss = build_loss(config, self.data.num_classes, self.model.embedding_size).to(self.device)
+            self.model.freeze_cached_part()
+        self.loss = build_loss(
+            config, self.data.num_classes, self.model.embedding_size, len(self.data.train_labels)
+        ).to(self.device)
         distributed.broadcast_state(self.loss)
         self.forward = distributed.parallel_forward(self.model, self.data.features, self.device)
         self.miner = build_miner(config)
@@ -268,13 +269,15 @@ class Trainer:
             "memory_budget_mb": config.memory_budget_mb,
         }
         if name == "validation":
-            embeddings = self.embed(self.data.validation)
+            embeddings = augment_database(config, self.embed(self.data.validation))
             return self._evaluate(embeddings, self.data.validation.labels, **options)
         sets = self.data.evaluation
         if "gallery" in sets:
-            query, gallery = self.embed(sets["query"]), self.embed(sets["gallery"])
+            query, gallery = self.embed(sets["query"]), augment_database(config, self.embed(sets["gallery"]))
             return self._evaluate(query, sets["query"].labels, gallery, sets["gallery"].labels, **options)
-        return self._evaluate(self.embed(sets["test"]), sets["test"].labels, **options)
+        return self._evaluate(
+            augment_database(config, self.embed(sets["test"])), sets["test"].labels, **options
+        )
 
     @staticmethod
     def _evaluate(*arrays: Any, **options: Any) -> dict[str, float]:
