@@ -33,9 +33,8 @@ def catalogue() -> dict[str, list[str]]:
     from deepmetric.evaluation import metrics
     from deepmetric.training.optim import OPTIMIZERS, SCHEDULES
 
-    # metric names are patterns (recall@K); a metrics registry, where evaluation has one, lists its own
-    metric_registry = getattr(metrics, "METRICS", None)
-    metric_names = metrics.METRIC_NAMES.split(", ") if metric_registry is None else metric_registry.names()
+    # metrics are listed as they are written in a config (recall@K), one per entry of their registry
+    metric_names = [metrics.METRICS.lookup(kind).syntax for kind in metrics.METRICS.names()]
     return {
         "losses": losses.LOSSES.names(),
         "miners": miners.MINERS.names(),
