@@ -39,14 +39,14 @@ from deepmetric.data.folder import IMAGE_EXTENSIONS, class_folders, image_files
 from deepmetric.data.transforms import ConvertChannels
 from deepmetric.models.backbones import InputSpec
 from deepmetric.models.features import backbone_fingerprint
-from deepmetric.retrieval import Index
-from deepmetric.retrieval.calibration import (
+from deepmetric.evaluation.calibration import (
     Threshold,
     as_distance,
     choose_threshold,
     pair_distances,
     roc_points,
 )
+from deepmetric.retrieval import Index
 
 SIDECAR_FORMAT = "deepmetric-export-1"
 ROC_POINTS = 200  # ROC points kept with a calibration (for report.html)
@@ -500,9 +500,16 @@ class ImageIndex:
         if labels is None:
             raise ValueError(f"calibration data must be labelled (one sub-folder per class): {described}")
         vectors = self.model.embed_items(items, batch_size, progress)
-        distances, is_same = pair_distances(vectors, np.asarray(labels), self.index.distance_name)
-        chosen = choose_threshold(distances, is_same, target_precision, target_false_match_rate)
-        false_rate, true_rate, thresholds = roc_points(distances, is_same)
+        pairs = pair_distances(vectors, np.asarray(labels), self.index.distance_name)
+        chosen = choose_threshold(
+            pairs.distances,
+            pairs.is_same,
+            target_precision,
+            target_false_match_rate,
+            pairs.positive_weight,
+            pairs.negative_weight,
+        )
+        false_rate, true_rate, thresholds = roc_points(pairs.distances, pairs.is_same)
         keep = np.unique(np.linspace(0, len(thresholds) - 1, ROC_POINTS).round().astype(int))
         roc = {
             "false_match_rate": false_rate[keep].tolist(),
