@@ -68,9 +68,7 @@ def pair_distances(
     return pairs._replace(distances=as_distance(pairs.distances, distance))
 
 
-def _rates(
-    distances: np.ndarray, is_same: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+def _rates(distances: np.ndarray, is_same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Per distinct distance t (ascending): accepted same / different pair counts with distance <= t,
     and the numbers of same / different pairs."""
     distances = np.asarray(distances, dtype=np.float64).ravel()
