@@ -14,13 +14,16 @@ the shorter side, centre crop, 0..1 tensor; the normalisation (mean/std, BGR, 0.
 the network, exactly as in the exported graph. Distances reported here are "smaller is closer":
 ``1 - cosine similarity`` for cosine models, ``-dot`` for dot products, plain Euclidean distances.
 
+``deepmetric.load_index`` also opens an index folder built by ``deepmetric build-index`` from embedding
+shards (IVF-PQ, IVF-Flat, Hamming; :mod:`deepmetric.retrieval.sharded_index`): queries are embedded with
+the model that embedded the shards and searched the same way; such an index is read-only here.
+
 Galleries: a folder with one sub-folder per class (labels are the folder names) or a flat folder of images
 (no labels), a list of paths, or a labelled dataset. File items are identified by their absolute path.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,16 +40,19 @@ from tqdm.auto import tqdm
 from deepmetric.data.base import load_image
 from deepmetric.data.folder import IMAGE_EXTENSIONS, class_folders, image_files
 from deepmetric.data.transforms import ConvertChannels
-from deepmetric.models.backbones import InputSpec
-from deepmetric.models.features import backbone_fingerprint
-from deepmetric.retrieval import Index
-from deepmetric.retrieval.calibration import (
+from deepmetric.evaluation.calibration import (
     Threshold,
     as_distance,
     choose_threshold,
     pair_distances,
     roc_points,
 )
+from deepmetric.models.backbones import InputSpec
+from deepmetric.models.features import model_fingerprint
+from deepmetric.models.features import spec_to_json as spec_to_json  # for deepmetric.export
+from deepmetric.retrieval import Index
+from deepmetric.retrieval.sharded_index import INDEX_FILE as SHARDED_INDEX_FILE
+from deepmetric.retrieval.sharded_index import ShardedIndex
 
 SIDECAR_FORMAT = "deepmetric-export-1"
 ROC_POINTS = 200  # ROC points kept with a calibration (for report.html)
@@ -80,23 +86,6 @@ def geometry_transform(spec: InputSpec) -> Callable[[Image.Image], torch.Tensor]
             T.ToTensor(),
         ]
     )
-
-
-def spec_to_json(spec: InputSpec) -> dict[str, Any]:
-    return {
-        "image_size": spec.image_size,
-        "resize_size": spec.resize_size,
-        "channels": spec.channels,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "scale_255": spec.scale_255,
-        "bgr": spec.bgr,
-    }
-
-
-def model_fingerprint(model: nn.Module, spec: InputSpec) -> str:
-    """Weights, architecture and preprocessing: two models with one fingerprint embed images alike."""
-    return hashlib.sha256(f"{backbone_fingerprint(model)}|{spec_to_json(spec)}".encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------- items
@@ -395,11 +384,24 @@ class QueryResult:
 
 
 class ImageIndex:
-    """An :class:`~deepmetric.retrieval.Index` of images tied to the model that embedded them."""
+    """An index of images tied to the model that embedded them: an in-memory
+    :class:`~deepmetric.retrieval.Index`, or a read-only :class:`~deepmetric.retrieval.sharded_index.ShardedIndex`
+    (both give ``search_results``, ``distance_name`` and ``info``)."""
 
-    def __init__(self, model: LoadedModel, index: Index) -> None:
+    def __init__(self, model: LoadedModel, index: Index | ShardedIndex) -> None:
         self.model, self.index = model, index
-        index.model_fingerprint = model.fingerprint
+        if isinstance(index, Index):
+            index.model_fingerprint = model.fingerprint
+            self.own_distance = index.backend.own_distance
+        else:
+            self.own_distance = index.own_distance
+
+    def _editable(self, action: str) -> Index:
+        if not isinstance(self.index, Index):
+            raise ValueError(
+                f"cannot {action} a sharded index ({self.index.folder}); embed-shards and build-index make it"
+            )
+        return self.index
 
     def __len__(self) -> int:
         return len(self.index)
@@ -419,6 +421,7 @@ class ImageIndex:
     ) -> int:
         """Embed and add images (see :func:`gallery_items`); file items are identified by their absolute
         path, other items by ``ids`` (default: their positions). Returns how many were added."""
+        self._editable("add to")
         items, found_labels = gallery_items(gallery)
         labels = found_labels if labels is None else [str(label) for label in labels]
         if labels is not None and len(labels) != len(items):
@@ -441,6 +444,7 @@ class ImageIndex:
 
     def remove(self, ids: Any) -> int:
         """Remove items by id (a path, or a list of them; paths are resolved like :meth:`add` does)."""
+        self._editable("remove from")
         ids = [ids] if isinstance(ids, (str, Path)) else list(ids)
         known = set(self.index.ids)
         return self.index.remove([i if str(i) in known else str(Path(i).resolve()) for i in ids])
@@ -456,7 +460,7 @@ class ImageIndex:
     def search_vectors(self, vectors: np.ndarray, k: int, names: Sequence[str | None]) -> list[QueryResult]:
         result = self.index.search_results(vectors, k)
         distances = result.distances
-        if self.index.backend.own_distance is None:  # a Hamming backend already reports distances
+        if self.own_distance is None:  # a Hamming backend already reports distances
             distances = as_distance(distances, self.index.distance_name)
         labels = result.labels
         output = []
@@ -486,9 +490,10 @@ class ImageIndex:
 
         ``data``: a labelled folder (one sub-folder per class) or dataset; by default the run's validation
         split (never its test classes). The data used is recorded in the index's metadata."""
-        if self.index.backend.own_distance is not None:
+        self._editable("calibrate")
+        if self.own_distance is not None:
             raise ValueError(
-                f"the {self.index.backend_name} backend ranks by {self.index.backend.own_distance} distance; "
+                f"this index ranks by {self.own_distance} distance; "
                 "calibrate a threshold on an index with a float backend (exact, faiss-*)"
             )
         if data is None:
@@ -500,9 +505,16 @@ class ImageIndex:
         if labels is None:
             raise ValueError(f"calibration data must be labelled (one sub-folder per class): {described}")
         vectors = self.model.embed_items(items, batch_size, progress)
-        distances, is_same = pair_distances(vectors, np.asarray(labels), self.index.distance_name)
-        chosen = choose_threshold(distances, is_same, target_precision, target_false_match_rate)
-        false_rate, true_rate, thresholds = roc_points(distances, is_same)
+        pairs = pair_distances(vectors, np.asarray(labels), self.index.distance_name)
+        chosen = choose_threshold(
+            pairs.distances,
+            pairs.is_same,
+            target_precision,
+            target_false_match_rate,
+            pairs.positive_weight,
+            pairs.negative_weight,
+        )
+        false_rate, true_rate, thresholds = roc_points(pairs.distances, pairs.is_same)
         keep = np.unique(np.linspace(0, len(thresholds) - 1, ROC_POINTS).round().astype(int))
         roc = {
             "false_match_rate": false_rate[keep].tolist(),
@@ -530,14 +542,17 @@ class ImageIndex:
 
     def save(self, directory: str | Path) -> Path:
         """Write the index atomically, with how to load its model again."""
-        self.index.info["model"] = self.model.source
-        return self.index.save(directory)
+        index = self._editable("save")
+        index.info["model"] = self.model.source
+        return index.save(directory)
 
 
 def load_index(directory: str | Path, model: LoadedModel | None = None) -> ImageIndex:
     """An index saved by :meth:`ImageIndex.save`, with its model (loaded from where the index says unless
     ``model`` is given; a model other than the one that built the index is refused)."""
     directory = Path(directory)
+    if (directory / SHARDED_INDEX_FILE).is_file():
+        return _load_sharded_index(directory, model)
     if not (directory / "metadata.json").is_file():
         raise FileNotFoundError(f"{directory} holds no index (metadata.json is missing)")
     if model is None:
@@ -551,3 +566,30 @@ def load_index(directory: str | Path, model: LoadedModel | None = None) -> Image
             raise FileNotFoundError(f"the model that built {directory} is gone: {location}")
         model = load(location, source.get("checkpoint", "auto"))
     return ImageIndex(model, Index.load(directory, model_fingerprint=model.fingerprint))
+
+
+def _load_sharded_index(directory: Path, model: LoadedModel | None) -> ImageIndex:
+    """A ``build-index`` folder with the model recorded in its shards' manifest (or ``model``)."""
+    index = ShardedIndex(directory)
+    source = index.shards.plan.source
+    if model is None:
+        run = source.get("run")
+        if not run:
+            raise ValueError(
+                f"the shards of {directory} ({index.shards.directory}) do not say which run embedded them; "
+                "pass model=deepmetric.load(...)"
+            )
+        if not Path(run).exists():
+            raise FileNotFoundError(f"the run that embedded the shards of {directory} is gone: {run}")
+        model = load(run, source.get("checkpoint", "auto"))
+    stored = index.model_fingerprint
+    if stored is not None and stored != model.fingerprint:
+        raise ValueError(
+            f"the shards of {directory} were embedded by another model (fingerprint {stored}, this model's "
+            f"is {model.fingerprint}); embed them again with this model"
+        )
+    if model.embedding_size != index.dim:
+        raise ValueError(
+            f"{directory} holds {index.dim}-d vectors but the model makes {model.embedding_size}-d"
+        )
+    return ImageIndex(model, index)

@@ -1,4 +1,4 @@
-"""Match thresholds (deepmetric.retrieval.calibration) against brute force, and calibrate/match of an index."""
+"""Match thresholds (deepmetric.evaluation.calibration) against brute force, and calibrate/match of an index."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import deepmetric
-from deepmetric.retrieval.calibration import as_distance, choose_threshold, pair_distances, roc_points
+from deepmetric.evaluation.calibration import as_distance, choose_threshold, pair_distances, roc_points
 from tests.image_run import make_image_run
 
 
@@ -89,7 +89,7 @@ def test_roc_points_count_accepted_pairs():
 def test_pair_distances_enumerate_every_pair(distance):
     rng = np.random.default_rng(0)
     x, labels = rng.normal(size=(9, 4)).astype(np.float32), rng.integers(0, 3, 9)
-    distances, is_same = pair_distances(x, labels, distance)
+    distances, is_same, *_ = pair_distances(x, labels, distance)
     expected = []
     for i, j in itertools.combinations(range(9), 2):
         if distance == "cosine":
@@ -115,7 +115,7 @@ def test_calibrate_and_match_an_index(tmp_path):
     chosen = index.calibrate(folder, target_false_match_rate=0.05, progress=False)
     vectors = model.embed(folder, progress=False)
     labels = np.repeat(np.arange(8), 4)
-    distances, is_same = pair_distances(vectors, labels, "cosine")
+    distances, is_same, *_ = pair_distances(vectors, labels, "cosine")
     assert chosen.threshold == brute_force(distances, is_same, far=0.05)
     stored = deepmetric.load_index(index.save(tmp_path / "index")).index.info["calibration"]
     assert stored["threshold"] == chosen.threshold and stored["data"] == str(folder.resolve())

@@ -9,12 +9,24 @@ from pathlib import Path
 import numpy as np
 
 from deepmetric.cli.common import load_array
+from deepmetric.cli.shards import add_shard_options, cmd_embed_shards
 from deepmetric.cli.train import DEMO_METRICS
 from deepmetric.training.config import ConfigError
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    """Embed the run's evaluation splits with its model and save them as the trainer does."""
+    """Embed the run's evaluation splits with its model and save them as the trainer does; with
+    ``--shards``, into memory-mappable shards instead (``embed-shards``; runs under torchrun)."""
+    if args.shards:
+        args.out = args.shards
+        cmd_embed_shards(args)
+        return
+    defaults = {"split": None, "dtype": "float32", "shard_size": 100_000, "batch_size": None, "device": "cpu"}
+    given = [
+        f"--{name.replace('_', '-')}" for name, value in defaults.items() if getattr(args, name) != value
+    ]
+    if given:
+        raise ConfigError(f"{', '.join(given)} only apply with --shards")
     from deepmetric.training.data import build_data
     from deepmetric.training.embed import embed_dataset, load_model, save_evaluation_embeddings
     from deepmetric.training.run_folder import RunFolder
@@ -120,6 +132,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed the evaluation splits with a trained run's model")
     p.add_argument("run", help="run folder")
     p.add_argument("--checkpoint", default="auto", choices=["auto", "best", "last"])
+    p.add_argument("--shards", help="write memory-mappable shards to this folder (one sub-folder per split)")
+    add_shard_options(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("evaluate", help="evaluate a run's embeddings or saved .npy embeddings")

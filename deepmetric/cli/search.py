@@ -158,12 +158,17 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     import deepmetric
+    from deepmetric.retrieval import Index
 
     try:
         from deepmetric.service.app import serve
     except ImportError as error:
         raise ConfigError(f"serve needs fastapi, uvicorn and python-multipart: {error}") from None
     index = deepmetric.load_index(args.index)
+    if not isinstance(index.index, Index):
+        raise ConfigError(
+            f"{args.index} is a sharded index: search it with deepmetric search (serve needs deepmetric index)"
+        )
     print(f"serving {len(index)} images on http://{args.host}:{args.port}/", flush=True)
     serve(
         index, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), default_k=args.k

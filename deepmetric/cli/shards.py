@@ -1,8 +1,9 @@
 """``deepmetric embed-shards``, ``build-index``, ``search-index``, ``evaluate-shards``: galleries past memory.
 
-torchrun --nproc_per_node 2 -m deepmetric.cli embed-shards RUN --out SHARDS --dtype float16
+torchrun --nproc_per_node 2 -m deepmetric.cli embed RUN --shards SHARDS --dtype float16   # = embed-shards
 deepmetric build-index SHARDS/test --out INDEX --kind ivfpq --nlist 4096 --rerank 100
-deepmetric search-index INDEX --queries Q.npy -k 10 --out results.npz
+deepmetric search INDEX query.jpg -k 10 --json            # images, embedded by the shards' model
+deepmetric search-index INDEX --queries Q.npy -k 10 --out results.npz   # vectors
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ def cmd_embed_shards(args: argparse.Namespace) -> None:
     from deepmetric.training import distributed
     from deepmetric.training.config import load_config
     from deepmetric.training.data import build_data
-    from deepmetric.training.embed import load_model
+    from deepmetric.training.embed import load_model, selected_checkpoint
     from deepmetric.training.shard_embed import embed_to_shards
 
     run_dir = Path(args.run)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"no run folder at {run_dir} (config.yaml is missing)")
     config = load_config(run_dir / "config.yaml")
+    # the checkpoint by name, so that deepmetric search loads the very model that embedded the shards
+    checkpoint = selected_checkpoint(run_dir) if args.checkpoint == "auto" else args.checkpoint
     try:
         device = distributed.setup(torch.device(args.device))
-        model = load_model(run_dir, args.checkpoint, device)
+        model = load_model(run_dir, checkpoint, device)
         with distributed.main_first():  # a feature cache is written once, by rank 0
             data = build_data(config, model.backbone, device)
         splits = {
@@ -43,7 +46,7 @@ def cmd_embed_shards(args: argparse.Namespace) -> None:
         for split, dataset in splits.items():
             if args.split is not None and split != args.split:
                 continue
-            source = {"run": str(run_dir.resolve()), "split": split, "checkpoint": args.checkpoint}
+            source = {"run": str(run_dir.resolve()), "split": split, "checkpoint": checkpoint}
             shards = embed_to_shards(
                 model,
                 dataset,
@@ -140,6 +143,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def add_shard_options(p: argparse.ArgumentParser) -> None:
+    """The options of shard embedding, shared by ``embed-shards`` and ``embed --shards``."""
+    p.add_argument("--split", help="embed only this split (default: every evaluation split)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="bits: packed sign bits (hashing)")
+    p.add_argument("--shard-size", type=_positive, default=100_000, help="rows per shard")
+    p.add_argument("--batch-size", type=_positive, help="embedding batch (default: eval.batch_size)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: one GPU per process)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "embed-shards",
@@ -147,12 +159,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", help="run folder")
     p.add_argument("--out", required=True, help="shard folder (one sub-folder per split)")
-    p.add_argument("--split", help="embed only this split (default: every evaluation split)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES, help="bits: packed sign bits (hashing)")
-    p.add_argument("--shard-size", type=_positive, default=100_000, help="rows per shard")
-    p.add_argument("--batch-size", type=_positive, help="embedding batch (default: eval.batch_size)")
     p.add_argument("--checkpoint", default="auto", choices=["auto", "best", "last"])
-    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: one GPU per process)")
+    add_shard_options(p)
     p.set_defaults(func=cmd_embed_shards)
 
     p = sub.add_parser("build-index", help="build an IVF-PQ / IVF-Flat / Hamming index from a shard folder")

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from deepmetric.data.base import LabeledDataset
-from deepmetric.models.backbones import Backbone
+from deepmetric.models.backbones import Backbone, InputSpec
 from deepmetric.models.head import pool
 
 CACHE_POOLINGS = ("avg", "max", "avg+max")
@@ -50,6 +50,24 @@ def backbone_fingerprint(backbone: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def spec_to_json(spec: InputSpec) -> dict[str, Any]:
+    return {
+        "image_size": spec.image_size,
+        "resize_size": spec.resize_size,
+        "channels": spec.channels,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "scale_255": spec.scale_255,
+        "bgr": spec.bgr,
+    }
+
+
+def model_fingerprint(model: torch.nn.Module, spec: InputSpec) -> str:
+    """Weights, architecture and preprocessing: two models with one fingerprint embed images alike (it ties
+    indexes and embedding shards to the model that made them)."""
+    return hashlib.sha256(f"{backbone_fingerprint(model)}|{spec_to_json(spec)}".encode()).hexdigest()[:16]
 
 
 def _base_dataset(dataset: Dataset) -> Dataset:

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from deepmetric.distances import Distance, EuclideanDistance, get_distance
 from deepmetric.registry import Registry
+from deepmetric.retrieval.index import SearchResult
 from deepmetric.retrieval.knn import knn
 from deepmetric.retrieval.shards import ShardSet, write_json
 
@@ -374,6 +375,44 @@ class ShardedIndex:
             values.append(distances)
             rows.append(indices + start)
         return merge_topk(np.concatenate(values, 1), np.concatenate(rows, 1), k, largest=False)
+
+    @property
+    def distance_name(self) -> str:
+        return self.record["distance"]
+
+    @property
+    def own_distance(self) -> str | None:
+        """``hamming`` when :meth:`search` reports Hamming distances, None for the float distance's units
+        (like :attr:`deepmetric.retrieval.SearchBackend.own_distance`)."""
+        return "hamming" if self.kind == "hamming" else None
+
+    @property
+    def model_fingerprint(self) -> str | None:
+        """The fingerprint of the model that embedded the shards (None when they do not record it)."""
+        return self.shards.plan.source.get("fingerprint")
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.record.setdefault("info", {})
+
+    def search_results(self, queries: np.ndarray, k: int) -> SearchResult:
+        """:meth:`search` (``k`` capped at the size) with the hits named like
+        :meth:`deepmetric.retrieval.Index.search_results`: ids are the image paths when the shards record
+        them (else the stored ids as text), labels the class names when recorded (else the label values)."""
+        values, rows = self.search(queries, min(k, len(self)))
+        stored = self.ids_of(rows)
+        paths, names = self.shards.paths, self.shards.class_names
+        ids = [
+            [None if i < 0 else paths[i] if paths is not None else str(i) for i in row.tolist()]
+            for row in stored
+        ]
+        labels = None
+        if self.shards.plan.labels:
+            labels = [
+                [None if r < 0 else names[label] if names else label for r, label in zip(row_rows, row)]
+                for row_rows, row in zip(rows.tolist(), self.labels_of(rows).tolist())
+            ]
+        return SearchResult(values, rows, ids, labels)
 
     def ids_of(self, rows: np.ndarray) -> np.ndarray:
         """Stored ids of ``rows`` (-1 stays -1)."""

@@ -7,6 +7,7 @@ A shard folder holds a fixed plan and the shards done so far::
     shard-00000.ids.npy              int64 ids of those rows (for embedded datasets: positions in the split)
     shard-00000.labels.npy           int64 labels (when the rows have labels)
     shard-00000.json                 written last: the shard is complete once this file exists
+    paths.txt                        optional: the image file of each id, one a line (ids index it)
 
 Shard ``i`` always holds rows ``[i * S, min((i + 1) * S, N))``, whoever writes it, so a folder written by
 two processes is the one a single process writes, and a killed job resumes at its first shard without a
@@ -22,6 +23,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +32,7 @@ import numpy as np
 FORMAT = "deepmetric-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+PATHS = "paths.txt"
 DTYPES = ("float32", "float16", "bits")  # bits: sign bits packed 8 per byte (hashing.packing layout)
 
 
@@ -54,6 +57,13 @@ def write_json(path: Path, value: Any) -> None:
 
 def write_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
+
+
+def write_paths(directory: Path, paths: list[str]) -> None:
+    """``paths.txt``: line ``i`` names the file of id ``i``."""
+    if any("\n" in path for path in paths):
+        raise ValueError("file paths with line breaks cannot be recorded in paths.txt")
+    atomic_write(directory / PATHS, lambda handle: handle.write("".join(f"{p}\n" for p in paths).encode()))
 
 
 def shard_name(index: int) -> str:
@@ -275,6 +285,17 @@ class ShardSet:
         if not self.plan.labels:
             raise ValueError(f"{self.directory} was written without labels")
         return self._gather(rows, self.labels, np.int64)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Names of the label values (``class_names[label]``), when the embedded dataset had them."""
+        return self.plan.source.get("class_names")
+
+    @cached_property
+    def paths(self) -> list[str] | None:
+        """The file of each id (``paths.txt``), or None when the rows did not come from files."""
+        path = self.directory / PATHS
+        return path.read_text().splitlines() if path.is_file() else None
 
     def all_labels(self) -> np.ndarray | None:
         """Every label in row order (8 bytes a row), or None without labels."""

@@ -7,6 +7,10 @@ rank ``r`` of ``W`` embeds the shards ``r, r + W, r + 2W, ...`` that are not com
 equals a single-process one and a killed job resumes at its first unfinished shard. No rows travel
 between ranks: each writes its own files, and the manifest is written once by rank 0 before the others
 open it.
+
+The manifest's ``source`` records the model's fingerprint (:func:`~deepmetric.models.features.model_fingerprint`)
+and the class names, and ``paths.txt`` the image file of every row when the dataset has files, so
+``deepmetric search`` can embed query images with the same model and name its hits.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from tqdm.auto import tqdm
 
 from deepmetric.hashing.packing import pack_bits
 from deepmetric.models import EmbeddingModel
-from deepmetric.retrieval.shards import Plan, ShardSet, ShardWriter
+from deepmetric.models.features import model_fingerprint
+from deepmetric.retrieval.shards import Plan, ShardSet, ShardWriter, write_paths
 from deepmetric.training import distributed
 from deepmetric.training.embed import embed_dataset
 
@@ -44,10 +49,19 @@ def embed_to_shards(
     Ids are positions in ``dataset``; labels are ``dataset.labels``. Every rank must call this.
     """
     labels = np.asarray(dataset.labels, dtype=np.int64) if hasattr(dataset, "labels") else None
-    plan = Plan(int(model.embedding_size), dtype, len(dataset), shard_size, labels is not None, source or {})
+    source = dict(source or {})
+    if hasattr(model, "input_spec"):
+        source["fingerprint"] = model_fingerprint(model, model.input_spec)
+    names = getattr(dataset, "class_names", None)
+    if labels is not None and names is not None:
+        source["class_names"] = [str(name) for name in names]
+    plan = Plan(int(model.embedding_size), dtype, len(dataset), shard_size, labels is not None, source)
     directory = Path(directory)
     with distributed.main_first():  # rank 0 writes (or checks) the manifest, the others then check it
         writer = ShardWriter(directory, plan)
+        paths = dataset_paths(dataset)
+        if paths is not None and distributed.is_main():
+            write_paths(directory, paths)
     mine = [s for s in writer.pending() if s % distributed.world_size() == distributed.rank()]
     show = progress and distributed.is_main()
     for shard in tqdm(mine, desc=f"embed {directory.name}", unit="shard", disable=not show):
@@ -68,3 +82,13 @@ def embed_to_shards(
         )
     distributed.barrier()
     return ShardSet(directory)
+
+
+def dataset_paths(dataset: torch.utils.data.Dataset) -> list[str] | None:
+    """The absolute image file of each item of ``dataset`` (through ``Subset``s), or None without files."""
+    indices = list(range(len(dataset)))
+    while isinstance(dataset, torch.utils.data.Subset):
+        indices = [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    paths = getattr(dataset, "paths", None)
+    return None if paths is None else [str(Path(paths[i]).resolve()) for i in indices]
