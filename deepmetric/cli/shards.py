@@ -19,18 +19,18 @@ def cmd_embed_shards(args: argparse.Namespace) -> None:
     import torch
 
     from deepmetric.training import distributed
-    from deepmetric.training.config import load_config
     from deepmetric.training.data import build_data
     from deepmetric.training.embed import load_model
+    from deepmetric.training.run_folder import RunFolder
     from deepmetric.training.shard_embed import embed_to_shards
 
-    run_dir = Path(args.run)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"no run folder at {run_dir} (config.yaml is missing)")
-    config = load_config(run_dir / "config.yaml")
+    run = RunFolder(args.run)
+    if not run.config_file.is_file():
+        raise FileNotFoundError(f"no run folder at {run.path} ({run.CONFIG} is missing)")
+    config = run.load_config()
     try:
         device = distributed.setup(torch.device(args.device))
-        model = load_model(run_dir, args.checkpoint, device)
+        model = load_model(run, args.checkpoint, device)
         with distributed.main_first():  # a feature cache is written once, by rank 0
             data = build_data(config, model.backbone, device)
         splits = {
@@ -43,7 +43,7 @@ def cmd_embed_shards(args: argparse.Namespace) -> None:
         for split, dataset in splits.items():
             if args.split is not None and split != args.split:
                 continue
-            source = {"run": str(run_dir.resolve()), "split": split, "checkpoint": args.checkpoint}
+            source = {"run": str(run.path.resolve()), "split": split, "checkpoint": args.checkpoint}
             shards = embed_to_shards(
                 model,
                 dataset,
