@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from deepmetric.cli.common import load_array
+from deepmetric.cli.common import load_array, print_metrics
 from deepmetric.cli.train import DEMO_METRICS
 from deepmetric.training.config import ConfigError
 
@@ -97,11 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, float]:
         memory_budget_mb=memory_budget_mb,
         copy=False,  # the arrays are the command's own: normalised in place, not copied
     )
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for key, value in results.items():
-            print(f"{key:>16s}  {value:.4f}")
+    print_metrics(results, args.json)
     return results
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deepmetric.cli.common import load_array
+from deepmetric.cli.common import load_array, print_metrics
 from deepmetric.retrieval.shards import DTYPES
 
 
@@ -107,7 +107,6 @@ def cmd_search_index(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_shards(args: argparse.Namespace) -> dict[str, float]:
-    import json
 
     from deepmetric.cli.common import comma_list
     from deepmetric.evaluation.sharded import evaluate_shards
@@ -125,11 +124,7 @@ def cmd_evaluate_shards(args: argparse.Namespace) -> dict[str, float]:
         device=args.device,
         progress=True,
     )
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for name, value in results.items():
-            print(f"{name:>16s}  {value:.4f}")
+    print_metrics(results, args.json)
     return results
 
 
