@@ -16,6 +16,7 @@ from pathlib import Path
 
 from deepmetric.io import write_text
 from deepmetric.training.config import ConfigError
+from deepmetric.training.run_folder import RunFolder
 
 # CLI name -> registered search backend
 BACKENDS = {
@@ -138,7 +139,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     calibration = index.index.info["calibration"]
     if model.source.get("run"):
         # report.html shows the calibration with the run's other results
-        write_text(Path(args.run) / "calibration.json", json.dumps(calibration, indent=2))
+        write_text(RunFolder(args.run).calibration_file, json.dumps(calibration, indent=2))
     print(
         f"threshold {chosen.threshold:.4f} ({chosen.target}): precision {chosen.precision:.4f}, "
         f"recall {chosen.recall:.4f}, false-match rate {chosen.false_match_rate:.4f} "

@@ -45,6 +45,7 @@ class RunFolder:
     LOG = "log.jsonl"
     TEXT_LOG = "train.log"
     REPORT = "report.html"
+    CALIBRATION = "calibration.json"  # the match threshold, written by ``deepmetric calibrate``
     CHECKPOINTS = "checkpoints"
     EMBEDDINGS = "embeddings"
     TENSORBOARD = "tensorboard"
@@ -82,6 +83,10 @@ class RunFolder:
     @property
     def report_file(self) -> Path:
         return self.path / self.REPORT
+
+    @property
+    def calibration_file(self) -> Path:
+        return self.path / self.CALIBRATION
 
     @property
     def checkpoints_dir(self) -> Path:
