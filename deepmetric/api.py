@@ -315,21 +315,23 @@ def load(
             meta["embedding_size"],
             {"onnx": str(source.resolve())},
         )
-    if not (source / "config.yaml").is_file():
-        raise FileNotFoundError(
-            f"{source} is neither a run folder (no config.yaml) nor an exported .onnx file"
-        )
-    from deepmetric.training.config import load_config
     from deepmetric.training.embed import load_model, selected_checkpoint
+    from deepmetric.training.run_folder import RunFolder
+
+    run = RunFolder(source)
+    if not run.config_file.is_file():
+        raise FileNotFoundError(
+            f"{source} is neither a run folder (no {run.CONFIG}) nor an exported .onnx file"
+        )
 
     if checkpoint not in ("auto", "best", "last"):
         raise ValueError(f"checkpoint must be auto, best or last, got {checkpoint!r}")
-    chosen = selected_checkpoint(source) if checkpoint == "auto" else checkpoint
-    if not (source / "checkpoints" / f"{chosen}.pt").is_file():
+    chosen = selected_checkpoint(run) if checkpoint == "auto" else checkpoint
+    if not run.checkpoint_file(chosen).is_file():
         raise FileNotFoundError(f"{source} has no checkpoint {chosen}.pt")
-    config = load_config(source / "config.yaml")
+    config = run.load_config()
     return from_model(
-        load_model(source, chosen, device),
+        load_model(run, chosen, device),
         config.eval.distance,
         device,
         {"run": str(source.resolve()), "checkpoint": chosen},

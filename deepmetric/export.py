@@ -11,30 +11,16 @@ channels, shorter side resized to ``resize_size`` (bilinear, antialiased), centr
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 from deepmetric.api import SIDECAR_FORMAT, LoadedModel, spec_to_json
+from deepmetric.io import atomic_path, write_text
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
-
-
-def _atomic_target(path: Path) -> Path:
-    """A temporary file beside ``path`` (renamed onto it once complete)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    return Path(name)
-
-
-def _publish(temporary: Path, path: Path) -> None:
-    temporary.chmod(0o644)
-    os.replace(temporary, path)
 
 
 def sidecar(model: LoadedModel, export_format: str) -> dict:
@@ -66,30 +52,22 @@ def export_model(model: LoadedModel, path: str | Path, export_format: str = "onn
     example = torch.rand(
         2, spec.channels, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0)
     )
-    temporary = _atomic_target(path)
-    try:
-        with torch.no_grad():
-            if export_format == "onnx":
-                # the TorchScript-based exporter: stable for these convolutional networks, no onnxscript needed
-                torch.onnx.export(
-                    module,
-                    (example,),
-                    str(temporary),
-                    input_names=["images"],
-                    output_names=["embeddings"],
-                    dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
-                    opset_version=ONNX_OPSET,
-                    dynamo=False,
-                )
-            else:
-                with warnings.catch_warnings():  # TorchScript is deprecated in recent torch; still asked for
-                    warnings.simplefilter("ignore", FutureWarning)
-                    torch.jit.save(torch.jit.trace(module, example), str(temporary))
-        _publish(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    meta_path = Path(f"{path}.json")
-    temporary = _atomic_target(meta_path)
-    temporary.write_text(json.dumps(sidecar(model, export_format), indent=2))
-    _publish(temporary, meta_path)
+    with atomic_path(path, suffix=path.suffix) as temporary, torch.no_grad():
+        if export_format == "onnx":
+            # the TorchScript-based exporter: stable for these convolutional networks, no onnxscript needed
+            torch.onnx.export(
+                module,
+                (example,),
+                str(temporary),
+                input_names=["images"],
+                output_names=["embeddings"],
+                dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
+        else:
+            with warnings.catch_warnings():  # TorchScript is deprecated in recent torch; still asked for
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.jit.save(torch.jit.trace(module, example), str(temporary))
+    write_text(Path(f"{path}.json"), json.dumps(sidecar(model, export_format), indent=2))
     return path

@@ -22,7 +22,7 @@ PACKAGE = ROOT / "deepmetric"
 # Top-level units of deepmetric by layer; a unit imports from its own layer or below, never above.
 # Units not listed (new command-line, API, service or export modules) count as the top layer.
 LAYERS = [
-    {"registry", "distances", "masks", "reducers", "checks", "linalg", "native", "samplers", "extras"}
+    {"registry", "distances", "masks", "reducers", "checks", "linalg", "native", "samplers", "extras", "io"}
     | {"losses", "miners", "data", "models"},
     {"evaluation", "retrieval", "hashing"},
     {"training", "viz", "suites"},
@@ -179,6 +179,9 @@ REGISTRIES = {
     "schedules": ("deepmetric.training.optim", "SCHEDULES"),
     "samplers": ("deepmetric.samplers", "SAMPLERS"),
     "index backends": ("deepmetric.retrieval", "SEARCH_BACKENDS"),
+    "metrics": ("deepmetric.evaluation", "METRICS"),
+    "callbacks": ("deepmetric.training", "CALLBACKS"),
+    "sharded index kinds": ("deepmetric.retrieval.sharded_index", "SHARDED_INDEX_KINDS"),
 }
 
 NAMES_OF = """

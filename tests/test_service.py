@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from PIL import Image
 
 import deepmetric
+from tests.browser import needs_chromium, screenshot
 from tests.image_run import make_image_run
 
 pytest.importorskip("fastapi")
@@ -23,7 +23,6 @@ from fastapi.testclient import TestClient
 
 from deepmetric.service.app import create_app
 
-CHROMIUM = Path("/usr/bin/chromium")
 LIMIT = 20_000  # bytes: small, so the size check is easy to trip
 
 
@@ -132,7 +131,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
+@needs_chromium
 def test_the_page_shows_results_in_a_headless_browser(setup, tmp_path):
     uvicorn = pytest.importorskip("uvicorn")
     port = free_port()
@@ -146,28 +145,17 @@ def test_the_page_shows_results_in_a_headless_browser(setup, tmp_path):
         while not server.started:
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.05)
-        screenshot = tmp_path / "page.png"
-        command = [
-            str(CHROMIUM),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={screenshot}",
-            "--window-size=1100,800",
-            "--virtual-time-budget=15000",  # let the page fetch the query image and run the search
+        page = screenshot(
             f"http://127.0.0.1:{port}/?q=5",  # search with gallery image 5
-        ]
-        subprocess.run(command, check=True, capture_output=True, timeout=120)
+            tmp_path / "page.png",
+            1100,
+            800,
+            "--virtual-time-budget=15000",  # let the page fetch the query image and run the search
+        )
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-    image = np.asarray(Image.open(screenshot).convert("RGB")).astype(int)
+    image = np.asarray(page).astype(int)
     assert image.shape == (800, 1100, 3)
 
     def pixels_of(rgb: tuple[int, int, int]) -> int:

@@ -9,7 +9,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,8 @@ from PIL import Image
 
 from deepmetric.data import get_dataset
 from deepmetric.viz.report import write_report
+from tests.browser import needs_chromium, screenshot
 
-CHROMIUM = Path("/usr/bin/chromium")
 METRICS = {
     "untrained": {"recall@1": 0.61, "recall@2": 0.72, "recall@4": 0.8, "map@r": 0.25, "nmi": 0.5},
     "trained": {"recall@1": 0.93, "recall@2": 0.95, "recall@4": 0.98, "map@r": 0.62, "nmi": 0.81},
@@ -182,27 +181,10 @@ def test_a_folder_without_config_is_not_a_run(tmp_path):
         write_report(tmp_path)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
+@needs_chromium
 def test_report_renders_in_a_headless_browser(report, tmp_path):
     path, _ = report
-    screenshot = tmp_path / "report.png"
-    command = [
-        str(CHROMIUM),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={screenshot}",
-        "--window-size=1200,2000",
-        path.resolve().as_uri(),
-    ]
-    subprocess.run(command, check=True, capture_output=True, timeout=120)
-    image = Image.open(screenshot).convert("RGB")
+    image = screenshot(path.resolve().as_uri(), tmp_path / "report.png", 1200, 2000)
     assert image.size == (1200, 2000)
     colours = image.getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 200  # text, table and plots, not a blank page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,15 @@ def print_comparison(metrics: dict[str, Any], names: list[str] | tuple[str, ...]
         if name in trained:
             before, after = untrained[name], trained[name]
             print(f"{name:>12s}  {before:9.4f}  {after:9.4f}  {after - before:+8.4f}")
+
+
+def print_metrics(results: dict[str, float], as_json: bool) -> None:
+    """Metric values as JSON (``--json``) or one aligned line per metric."""
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        for name, value in results.items():
+            print(f"{name:>16s}  {value:.4f}")
 
 
 def demo_config_path() -> Path:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from deepmetric.cli.common import load_array
+from deepmetric.cli.common import load_array, print_metrics
 from deepmetric.cli.shards import add_shard_options, cmd_embed_shards
 from deepmetric.cli.train import DEMO_METRICS
 from deepmetric.training.config import ConfigError
@@ -84,19 +83,16 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, float]:
         memory_budget_mb = args.memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB
     elif args.run:
         from deepmetric.training.config import load_config
+        from deepmetric.training.run_folder import RunFolder
 
-        run_dir = Path(args.run)
-        config = load_config(run_dir / "config.yaml")
-        folder = run_dir / "embeddings"
-        names = (config.data.test_split, None) if config.data.gallery_split is None else ("query", "gallery")
-        if not (folder / f"{names[0]}_embeddings.npy").exists():
-            raise FileNotFoundError(
-                f"no saved embeddings in {folder}; run `deepmetric embed {run_dir}` first"
-            )
-        query = np.load(folder / f"{names[0]}_embeddings.npy")
-        labels = np.load(folder / f"{names[0]}_labels.npy")
-        gallery = np.load(folder / "gallery_embeddings.npy") if names[1] else None
-        gallery_labels = np.load(folder / "gallery_labels.npy") if names[1] else None
+        run = RunFolder(args.run)
+        config = load_config(run.config_file)  # a missing file: "config file not found", as for train
+        if config.data.gallery_split is None:
+            query, labels = run.load_embeddings(config.data.test_split)
+            gallery = gallery_labels = None
+        else:
+            query, labels = run.load_embeddings("query")
+            gallery, gallery_labels = run.load_embeddings("gallery")
         metrics = args.metrics.split(",") if args.metrics else config.eval.metrics
         distance = args.distance or config.eval.distance
         memory_budget_mb = args.memory_budget_mb or config.eval.memory_budget_mb
@@ -112,11 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, float]:
         memory_budget_mb=memory_budget_mb,
         copy=False,  # the arrays are the command's own: normalised in place, not copied
     )
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for key, value in results.items():
-            print(f"{key:>16s}  {value:.4f}")
+    print_metrics(results, args.json)
     return results
 
 

@@ -12,11 +12,11 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from deepmetric.io import write_text
 from deepmetric.training.config import ConfigError
+from deepmetric.training.run_folder import RunFolder
 
 # CLI name -> registered search backend
 BACKENDS = {
@@ -89,15 +89,6 @@ def results_html(results: list[dict], threshold: float | None) -> str:
     )
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as file:
-        file.write(text)
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
-
-
 def cmd_search(args: argparse.Namespace) -> list[dict]:
     import deepmetric
 
@@ -110,7 +101,7 @@ def cmd_search(args: argparse.Namespace) -> list[dict]:
             nearest = result["results"][0] if result["results"] else None
             result["match"] = nearest["label"] if nearest and nearest["distance"] <= index.threshold else None
     if args.html:
-        write_text_atomic(Path(args.html), results_html(results, index.threshold))
+        write_text(Path(args.html), results_html(results, index.threshold))
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -148,7 +139,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     calibration = index.index.info["calibration"]
     if model.source.get("run"):
         # report.html shows the calibration with the run's other results
-        write_text_atomic(Path(args.run) / "calibration.json", json.dumps(calibration, indent=2))
+        write_text(RunFolder(args.run).calibration_file, json.dumps(calibration, indent=2))
     print(
         f"threshold {chosen.threshold:.4f} ({chosen.target}): precision {chosen.precision:.4f}, "
         f"recall {chosen.recall:.4f}, false-match rate {chosen.false_match_rate:.4f} "

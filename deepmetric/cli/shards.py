@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deepmetric.cli.common import load_array
+from deepmetric.cli.common import load_array, print_metrics
 from deepmetric.retrieval.shards import DTYPES
 
 
@@ -20,20 +20,20 @@ def cmd_embed_shards(args: argparse.Namespace) -> None:
     import torch
 
     from deepmetric.training import distributed
-    from deepmetric.training.config import load_config
     from deepmetric.training.data import build_data
-    from deepmetric.training.embed import load_model, selected_checkpoint
+    from deepmetric.training.embed import load_model
+    from deepmetric.training.run_folder import RunFolder
     from deepmetric.training.shard_embed import embed_to_shards
 
-    run_dir = Path(args.run)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"no run folder at {run_dir} (config.yaml is missing)")
-    config = load_config(run_dir / "config.yaml")
+    run = RunFolder(args.run)
+    if not run.config_file.is_file():
+        raise FileNotFoundError(f"no run folder at {run.path} ({run.CONFIG} is missing)")
+    config = run.load_config()
     # the checkpoint by name, so that deepmetric search loads the very model that embedded the shards
-    checkpoint = selected_checkpoint(run_dir) if args.checkpoint == "auto" else args.checkpoint
+    checkpoint = run.selected_checkpoint() if args.checkpoint == "auto" else args.checkpoint
     try:
         device = distributed.setup(torch.device(args.device))
-        model = load_model(run_dir, checkpoint, device)
+        model = load_model(run, checkpoint, device)
         with distributed.main_first():  # a feature cache is written once, by rank 0
             data = build_data(config, model.backbone, device)
         splits = {
@@ -46,7 +46,7 @@ def cmd_embed_shards(args: argparse.Namespace) -> None:
         for split, dataset in splits.items():
             if args.split is not None and split != args.split:
                 continue
-            source = {"run": str(run_dir.resolve()), "split": split, "checkpoint": checkpoint}
+            source = {"run": str(run.path.resolve()), "split": split, "checkpoint": checkpoint}
             shards = embed_to_shards(
                 model,
                 dataset,
@@ -110,7 +110,6 @@ def cmd_search_index(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_shards(args: argparse.Namespace) -> dict[str, float]:
-    import json
 
     from deepmetric.cli.common import comma_list
     from deepmetric.evaluation.sharded import evaluate_shards
@@ -128,11 +127,7 @@ def cmd_evaluate_shards(args: argparse.Namespace) -> dict[str, float]:
         device=args.device,
         progress=True,
     )
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for name, value in results.items():
-            print(f"{name:>16s}  {value:.4f}")
+    print_metrics(results, args.json)
     return results
 
 

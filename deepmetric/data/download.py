@@ -10,15 +10,15 @@ what to fetch by hand.
 from __future__ import annotations
 
 import hashlib
-import os
 import tarfile
-import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+from deepmetric.io import atomic_path
 
 
 @dataclass(frozen=True)
@@ -180,18 +180,13 @@ def _fetch_verified(resource: Resource, root: Path) -> Path:
             target.unlink()  # a partial or corrupt earlier download
     errors = []
     for url in resource.urls:
-        handle, temporary = tempfile.mkstemp(dir=root, prefix=f".{resource.filename}.", suffix=".part")
-        os.close(handle)
-        temporary_path = Path(temporary)
         try:
-            fetch(url, temporary_path)
-            verify(temporary_path, resource.checksum)
-            temporary_path.replace(target)
+            with atomic_path(target, suffix=".part") as temporary:
+                fetch(url, temporary)
+                verify(temporary, resource.checksum)
             return target
         except (OSError, ValueError) as error:
             errors.append(f"{url}: {error}")
-        finally:
-            temporary_path.unlink(missing_ok=True)
     raise OSError(f"could not download {resource.filename}:\n  " + "\n  ".join(errors))
 
 

@@ -18,9 +18,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-from deepmetric.evaluation.metrics import parse_metric
+from deepmetric.evaluation.metrics import METRICS, parse_metric, ranking_needs
+from deepmetric.retrieval.ranking import RankedBand
 from deepmetric.retrieval.sharded_index import ShardedIndex, exact_search
 from deepmetric.retrieval.shards import ShardSet
 
@@ -57,8 +59,8 @@ def evaluate_shards(
         raise ValueError("binary code shards are evaluated through a hamming ShardedIndex (index=...)")
     _, class_of, sizes = np.unique(labels, return_inverse=True, return_counts=True)
     relevant = sizes[class_of] - 1  # R of every row as a query: its class minus itself
-    per_r = any(s.kind in ("r_precision", "map@r") for s in specs)
-    depth = max([s.k for s in specs if s.k] + ([int(relevant.max())] if per_r else [1]))
+    needs = ranking_needs(specs)
+    depth = max(needs.k, int(relevant.max()) if needs.r_neighbours else 1)
     if depth > max_depth:
         raise ValueError(
             f"r_precision/map@r need the {depth} nearest rows of each query (the largest class), more than "
@@ -76,37 +78,55 @@ def evaluate_shards(
         rows = queries[start : start + chunk]
         vectors = shards.rows(rows)
         if index is not None:
-            _, found = index.search(vectors, depth + 1)
+            distances, found = index.search(vectors, depth + 1)
         else:
-            _, found = exact_search(shards, vectors, depth + 1, distance, memory_budget_mb, device)
-        found = _without_self(found, rows)
-        hit = (found >= 0) & (class_of[np.maximum(found, 0)] == class_of[rows][:, None])
-        r = relevant[rows]
-        keep = r > 0
-        hit, r = hit[keep], r[keep]
-        counted += int(keep.sum())
-        cumulative = np.cumsum(hit, axis=1)
-        ranks = np.arange(1, hit.shape[1] + 1)
-        within_r = ranks[None, :] <= r[:, None]
-        for spec in specs:
-            if spec.kind == "recall":
-                values = cumulative[:, spec.k - 1] > 0
-            elif spec.kind == "precision":
-                values = cumulative[:, spec.k - 1] / spec.k
-            elif spec.kind == "r_precision":
-                values = (hit & within_r).sum(1) / r
-            else:
-                values = (hit * within_r * cumulative / ranks).sum(1) / r
-            sums[spec.name] += float(np.sum(values))
+            distances, found = exact_search(shards, vectors, depth + 1, distance, memory_budget_mb, device)
+        band = _band(start, rows, *_without_self(distances, found, rows), class_of, relevant)
+        counted += len(band.num_relevant)
+        if len(band.num_relevant):
+            for spec in specs:
+                sums[spec.name] += float(METRICS.lookup(spec.kind).compute(band, spec).sum())
     if counted == 0:
         raise ValueError("no query has a relevant gallery row (every class has a single member)")
     return {name: total / counted for name, total in sums.items()}
 
 
-def _without_self(found: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _band(
+    start: int,
+    rows: np.ndarray,
+    distances: np.ndarray,
+    found: np.ndarray,
+    class_of: np.ndarray,
+    relevant: np.ndarray,
+) -> RankedBand:
+    """The metrics' view of one chunk's rankings: the queries with ``R > 0``, their ranked rows (an
+    empty slot, ``-1``, gets value ``inf`` and is never relevant) and which of those share their class."""
+    keep = relevant[rows] > 0
+    found = found[keep].astype(np.int64)
+    valid = torch.from_numpy(found >= 0)
+    values = torch.from_numpy(distances[keep].astype(np.float64)).masked_fill(~valid, np.inf)
+    query_labels = torch.from_numpy(class_of[rows][keep].astype(np.int64))
+    neighbour_labels = torch.from_numpy(class_of[np.maximum(found, 0)].astype(np.int64))
+    return RankedBand(
+        start,
+        torch.from_numpy(keep),
+        values,
+        torch.from_numpy(found),
+        valid & (neighbour_labels == query_labels[:, None]),
+        torch.from_numpy(relevant[rows][keep].astype(np.int64)),
+        None,
+        neighbour_labels,
+        query_labels,
+    )
+
+
+def _without_self(
+    distances: np.ndarray, found: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Each query's ranking without its own row (or without the last column when it was not found)."""
     is_self = found == rows[:, None]
     drop = np.where(is_self.any(1), is_self.argmax(1), found.shape[1] - 1)
     keep = np.ones_like(found, dtype=bool)
     keep[np.arange(len(found)), drop] = False
-    return found[keep].reshape(len(found), -1)
+    shape = (len(found), found.shape[1] - 1)
+    return np.asarray(distances)[keep].reshape(shape), found[keep].reshape(shape)

@@ -83,7 +83,8 @@ def small_cnn(
     so they pass unchanged; the demo upsamples its 8x8 digits to 16). Layers: two 3x3 convolutions of
     ``width`` channels, a 2x2 max-pool, then a 3x3 convolution of ``2 * width`` channels (the width
     doubles in the third block), each followed by BatchNorm and ReLU: the feature map has ``2 * width``
-    channels (``feature_dim``) and ``image_size / 2`` pixels a side.
+    channels (``feature_dim``) and ``image_size / 2`` pixels a side. ``in_channels``: 1 (grey) or 3 (RGB,
+    e.g. CIFAR); each channel is normalised with mean 0.5 and std 0.5.
     """
     for name, value in (("in_channels", in_channels), ("image_size", image_size), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -103,9 +104,9 @@ def small_cnn(
         nn.ReLU(inplace=True),
         stage_starts=(3, 7),  # three stages: conv, conv + pool, conv
     )
-    spec = InputSpec(
-        image_size=image_size, resize_size=image_size, channels=in_channels, mean=(0.5,), std=(0.5,)
-    )
+    # trained from scratch, so no dataset statistics apply: every channel maps 0..1 to -1..1
+    half = (0.5,) * in_channels
+    spec = InputSpec(image_size=image_size, resize_size=image_size, channels=in_channels, mean=half, std=half)
     return Backbone(body, 2 * width, spec)
 
 

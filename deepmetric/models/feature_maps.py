@@ -23,9 +23,8 @@ drawn from torch's generator, which the trainer seeds per sample), the ``image``
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from deepmetric.data.base import LabeledDataset
+from deepmetric.io import atomic_path
 from deepmetric.models.backbones import Backbone
 from deepmetric.models.features import _base_dataset, _digest, backbone_fingerprint, dataset_identity
 
@@ -155,33 +155,26 @@ def _extract(
     loader = DataLoader(
         _Views(dataset, backbone, views, crop_seed), batch_size=batch_size, num_workers=num_workers
     )
-    temporaries: dict[str, str] = {}
     try:
-        arrays: dict[str, np.ndarray] = {}
-        start = 0
-        for batch in tqdm(loader, desc=f"caching feature maps ({', '.join(views)})", unit="batch"):
-            count, nviews = batch.shape[:2]
-            maps = trunk(batch.flatten(0, 1).to(device)).unflatten(0, (count, nviews))
-            maps = maps.to(torch.float16).cpu().numpy()
-            for position, name in enumerate(views):
-                if name not in arrays:
-                    handle, temporaries[name] = tempfile.mkstemp(
-                        dir=paths[name].parent, prefix=f".{paths[name].stem}.", suffix=".npy"
-                    )
-                    os.close(handle)
-                    shape = (len(dataset), *maps.shape[2:])
-                    arrays[name] = np.lib.format.open_memmap(
-                        temporaries[name], mode="w+", dtype=np.float16, shape=shape
-                    )
-                arrays[name][start : start + count] = maps[:, position]
-            start += count
-        for name, array in arrays.items():
-            array.flush()
-            os.chmod(temporaries[name], 0o644)
-            os.replace(temporaries[name], paths[name])
+        with ExitStack() as stack:  # every view's file appears at once, or none does
+            temporaries = {name: stack.enter_context(atomic_path(paths[name], ".npy")) for name in views}
+            arrays: dict[str, np.ndarray] = {}
+            start = 0
+            for batch in tqdm(loader, desc=f"caching feature maps ({', '.join(views)})", unit="batch"):
+                count, nviews = batch.shape[:2]
+                maps = trunk(batch.flatten(0, 1).to(device)).unflatten(0, (count, nviews))
+                maps = maps.to(torch.float16).cpu().numpy()
+                for position, name in enumerate(views):
+                    if name not in arrays:
+                        shape = (len(dataset), *maps.shape[2:])
+                        arrays[name] = np.lib.format.open_memmap(
+                            temporaries[name], mode="w+", dtype=np.float16, shape=shape
+                        )
+                    arrays[name][start : start + count] = maps[:, position]
+                start += count
+            for array in arrays.values():
+                array.flush()
     finally:
-        for temporary in temporaries.values():
-            Path(temporary).unlink(missing_ok=True)
         backbone.train(was_training).to(original_device)
 
 

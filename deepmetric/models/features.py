@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from deepmetric.data.base import LabeledDataset
+from deepmetric.io import atomic_path
 from deepmetric.models.backbones import Backbone, InputSpec
 from deepmetric.models.head import pool
 
@@ -172,16 +171,11 @@ def extract_features(
             features = np.empty(shape, dtype=np.float32)
             _run(backbone, dataset, features, batch_size, device, num_workers, pooling)
             return features
-        handle, temporary = tempfile.mkstemp(dir=cache_dir, prefix=f".{path.stem}.", suffix=".npy")
-        os.close(handle)
-        try:
+        with atomic_path(path, suffix=".npy") as temporary:
             memmap = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=shape)
             _run(backbone, dataset, memmap, batch_size, device, num_workers, pooling)
             memmap.flush()
             del memmap
-            os.replace(temporary, path)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
         return np.load(path, mmap_mode="r")
     finally:
         backbone.train(was_training).to(original_device)

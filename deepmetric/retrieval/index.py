@@ -31,6 +31,7 @@ import torch
 
 from deepmetric.checks import check_embeddings
 from deepmetric.distances import get_distance
+from deepmetric.io import FILE_MODE
 from deepmetric.retrieval.backends import SEARCH_BACKENDS, SearchBackend
 
 FORMAT_VERSION = 1
@@ -193,7 +194,7 @@ class Index:
         try:
             self._write(staging)
             for path in staging.iterdir():
-                path.chmod(0o644)
+                path.chmod(FILE_MODE)
             staging.chmod(0o755)
             if directory.exists():
                 # two renames: the old index stays whole until the new one is complete

@@ -37,10 +37,11 @@ import torch
 from tqdm.auto import tqdm
 
 from deepmetric.distances import Distance, EuclideanDistance, get_distance
+from deepmetric.io import FILE_MODE, atomic_path, write_json
 from deepmetric.registry import Registry
 from deepmetric.retrieval.index import SearchResult
 from deepmetric.retrieval.knn import knn
-from deepmetric.retrieval.shards import ShardSet, write_json
+from deepmetric.retrieval.shards import ShardSet
 
 INDEX_FORMAT, INDEX_VERSION, INDEX_FILE = "deepmetric-sharded-index", 1, "index.json"
 TRAINED, MERGED, LISTS = "trained.faiss", "index.faiss", "lists.ivfdata"
@@ -103,14 +104,9 @@ def _part_name(part: int) -> str:
 
 
 def _write_faiss(faiss: Any, index: Any, path: Path) -> None:
-    """faiss writes by file name: write a temporary name, then rename (atomic), mode 0644."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        faiss.write_index(index, str(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """faiss writes by file name: a temporary name, then renamed (atomic), mode 0644."""
+    with atomic_path(path) as temporary:
+        faiss.write_index(index, str(temporary))
 
 
 def _prepared(distance: Distance, vectors: np.ndarray) -> np.ndarray:
@@ -236,7 +232,7 @@ def _build_faiss(shard_set: ShardSet, out: Path, params: dict[str, Any], progres
         index = faiss.read_index(str(out / TRAINED))
         merge_ondisk(index, [str(out / name) for name in parts], str(out / LISTS))
         _write_faiss(faiss, index, out / MERGED)
-        os.chmod(out / LISTS, 0o644)
+        os.chmod(out / LISTS, FILE_MODE)
         del index
         for name in parts:
             (out / name).unlink()

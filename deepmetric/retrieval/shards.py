@@ -19,40 +19,21 @@ arbitrary rows (for exact re-ranking) by reading only their pages.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
+
+from deepmetric.io import atomic_write, write_json
 
 FORMAT = "deepmetric-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PATHS = "paths.txt"
 DTYPES = ("float32", "float16", "bits")  # bits: sign bits packed 8 per byte (hashing.packing layout)
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path`` (mode 0644)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, value: Any) -> None:
-    atomic_write(path, lambda handle: handle.write(json.dumps(value, indent=1).encode()))
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:

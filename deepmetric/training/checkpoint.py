@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-# Readable by all: mkstemp creates 0600 files, which another user or a web server could not read.
-FILE_MODE = 0o644
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it over ``path``
-    (mode :data:`FILE_MODE`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from deepmetric.io import atomic_write
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -44,10 +23,6 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:
         raise OSError(f"cannot read checkpoint {path}: {error}") from error
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda handle: handle.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def rng_state() -> dict[str, Any]:

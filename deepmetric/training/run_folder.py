@@ -26,13 +26,8 @@ import numpy as np
 import torch
 import yaml
 
-from deepmetric.training.checkpoint import (
-    FILE_MODE,
-    atomic_write,
-    load_checkpoint,
-    save_checkpoint,
-    write_json,
-)
+from deepmetric.io import FILE_MODE, atomic_write, write_json, write_text
+from deepmetric.training.checkpoint import load_checkpoint, save_checkpoint
 from deepmetric.training.config import ExperimentConfig, load_config, to_dict
 
 log = logging.getLogger("deepmetric")
@@ -50,6 +45,7 @@ class RunFolder:
     LOG = "log.jsonl"
     TEXT_LOG = "train.log"
     REPORT = "report.html"
+    CALIBRATION = "calibration.json"  # the match threshold, written by ``deepmetric calibrate``
     CHECKPOINTS = "checkpoints"
     EMBEDDINGS = "embeddings"
     TENSORBOARD = "tensorboard"
@@ -89,6 +85,10 @@ class RunFolder:
         return self.path / self.REPORT
 
     @property
+    def calibration_file(self) -> Path:
+        return self.path / self.CALIBRATION
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.path / self.CHECKPOINTS
 
@@ -121,7 +121,7 @@ class RunFolder:
         write_json(path, data)
 
     def write_text(self, path: Path, text: str) -> Path:
-        atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+        write_text(path, text)
         return path
 
     def save_config(self, config: ExperimentConfig) -> None:

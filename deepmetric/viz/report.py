@@ -431,8 +431,8 @@ def write_report(
         ("embeddings", "Embedding map", embedding_html),
         ("retrieval", "Retrieval examples", retrieval_html),
     ]
-    if (run_dir / "calibration.json").exists():  # written by deepmetric calibrate
-        calibration, problem = _read_optional_json(run_dir / "calibration.json")
+    if run.calibration_file.exists():  # written by deepmetric calibrate
+        calibration, problem = _read_optional_json(run.calibration_file)
         inner = _note(problem, "warn") if calibration is None else _calibration_section(calibration)
         sections.append(("calibration", "Match threshold", inner))
     sections += [
