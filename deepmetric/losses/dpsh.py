@@ -18,11 +18,15 @@ from deepmetric.losses.base import LOSSES
 from deepmetric.losses.quantization import QuantizedCodeLoss
 from deepmetric.masks import PairIndices, TripletIndices
 
+SCALE = 8.0
+
 
 @LOSSES.register("dpsh")
 class DPSHLoss(QuantizedCodeLoss):
-    def __init__(self, quantization_weight: float = 0.1, reduction: str = "mean") -> None:
-        super().__init__(quantization_weight, reduction)
+    def __init__(
+        self, quantization_weight: float = 0.1, scale: float | None = SCALE, reduction: str = "mean"
+    ) -> None:
+        super().__init__(quantization_weight, reduction, scale)
 
     def compute(
         self,
@@ -32,7 +36,7 @@ class DPSHLoss(QuantizedCodeLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        theta = 0.5 * self.distance(embeddings, ref_embeddings)
+        theta = self.theta(embeddings, ref_embeddings)
         positives, negatives = self.masks(labels, indices, ref_labels)
         # log(1 + e^theta) - theta = softplus(-theta) for similar pairs, softplus(theta) for dissimilar ones
         return torch.cat([F.softplus(-theta[positives]), F.softplus(theta[negatives])])

@@ -25,13 +25,19 @@ from deepmetric.losses.quantization import QuantizedCodeLoss
 from deepmetric.losses.triplet import BatchAllTriplet
 from deepmetric.masks import PairIndices, TripletIndices, to_triplets
 
+SCALE, MARGIN = 8.0, 5.0
+
 
 @LOSSES.register("dtsh")
 class DTSHLoss(QuantizedCodeLoss):
     def __init__(
-        self, margin: float = 5.0, quantization_weight: float = 1.0, reduction: str = "mean"
+        self,
+        margin: float = MARGIN,
+        quantization_weight: float = 1.0,
+        scale: float | None = SCALE,
+        reduction: str = "mean",
     ) -> None:
-        super().__init__(quantization_weight, reduction)
+        super().__init__(quantization_weight, reduction, scale)
         self.margin = margin
 
     def compute(
@@ -42,7 +48,7 @@ class DTSHLoss(QuantizedCodeLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        theta = 0.5 * self.distance(embeddings, ref_embeddings)
+        theta = self.theta(embeddings, ref_embeddings)
         if indices is None:
             positives, negatives = self.masks(labels, None, ref_labels)
             if self.reduction != "none":
