@@ -1,5 +1,5 @@
-"""The hashing losses' logit scale: ``Theta = scale * u_i . u_j / K`` against loops from that definition, the
-paper's ``1/2 u_i . u_j`` for ``scale=None``, and the same logits at every code length."""
+"""The hashing losses' defaults: DPSH/DTSH logits ``Theta = scale * u_i . u_j / K`` against loops from that definition,
+the paper's ``1/2 u_i . u_j`` for ``scale=None``, the same logits at every code length; DSH's margin K / 16."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deepmetric import losses
-from tests.test_hashing_losses import batch, class_relation, dpsh_reference, dtsh_reference
+from tests.test_hashing_losses import batch, class_relation, dpsh_reference, dsh_reference, dtsh_reference
 
 
 @pytest.mark.parametrize("bits", [6, 16])
@@ -55,3 +55,10 @@ def test_scale_errors() -> None:
     for name in ("dpsh", "dtsh"):
         with pytest.raises(ValueError, match="scale must be positive"):
             losses.get(name, scale=0.0)
+
+
+@pytest.mark.parametrize("bits", [8, 32])
+def test_dsh_default_margin_is_bits_over_16_without_the_regulariser(bits: int) -> None:
+    codes, labels = batch(13, n=8, bits=bits)
+    expected = dsh_reference(codes, class_relation(labels), bits / 16, 0.0)
+    assert float(losses.get("dsh")(codes, labels)) == pytest.approx(expected, rel=1e-10)
