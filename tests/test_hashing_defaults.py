@@ -1,5 +1,6 @@
-"""The hashing losses' defaults: DPSH/DTSH logits ``Theta = scale * u_i . u_j / K`` against loops from that definition,
-the paper's ``1/2 u_i . u_j`` for ``scale=None``, the same logits at every code length; DSH's margin K / 16."""
+"""The hashing losses' defaults: DPSH/DTSH logits ``Theta = scale * u_i . u_j / K`` against loops from
+that definition, the paper's ``1/2 u_i . u_j`` for ``scale=None``, the same logits at every code length;
+DSH's margin K / 16 without the regulariser."""
 
 from __future__ import annotations
 
@@ -40,9 +41,11 @@ def test_scale_none_is_the_papers_half_inner_product() -> None:
 
 
 def test_default_logits_do_not_grow_with_the_code_length() -> None:
-    """Binary codes repeated r times (r K bits, same Hamming geometry): the default DPSH/DTSH losses are equal,
-    the paper's form (scale=None) is not, its logits growing r-fold."""
-    codes = torch.tensor([[1, 1, 1, -1], [1, 1, -1, -1], [-1, -1, 1, 1], [1, -1, -1, -1]], dtype=torch.float64)
+    """Binary codes repeated r times (r K bits, same Hamming geometry): the default DPSH/DTSH losses are
+    equal, the paper's form (scale=None) is not, its logits growing r-fold."""
+    codes = torch.tensor(
+        [[1, 1, 1, -1], [1, 1, -1, -1], [-1, -1, 1, 1], [1, -1, -1, -1]], dtype=torch.float64
+    )
     labels = torch.tensor([0, 0, 1, 1])
     for name in ("dpsh", "dtsh"):
         default = losses.get(name, quantization_weight=0.0)

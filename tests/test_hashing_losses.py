@@ -85,7 +85,9 @@ def test_dtsh_matches_reference() -> None:
 def test_dtsh_with_mined_triplets() -> None:
     codes, labels = batch(1)
     triplets = (torch.tensor([0, 1]), torch.tensor([3, 4]), torch.tensor([1, 2]))
-    value = float(losses.get("dtsh", margin=0.5, quantization_weight=0.0, scale=None)(codes, labels, triplets))
+    value = float(
+        losses.get("dtsh", margin=0.5, quantization_weight=0.0, scale=None)(codes, labels, triplets)
+    )
     theta = 0.5 * codes @ codes.T
     expected = (
         softplus(float(theta[0, 1] - theta[0, 3]) + 0.5) + softplus(float(theta[1, 2] - theta[1, 4]) + 0.5)
@@ -182,7 +184,9 @@ def test_hashing_wrapper_adds_penalties_to_any_base_loss() -> None:
     balance = sum(float(codes[:, k].mean()) ** 2 for k in range(codes.shape[1])) / codes.shape[1]
     expected = float(base(codes, labels)) + 2.0 * quantization(codes) + 0.5 * balance
     assert float(wrapped(codes, labels)) == pytest.approx(expected, rel=1e-10)
-    dtsh_wrapped = losses.get("hashing", base="dtsh", base_params={"quantization_weight": 0.0, "scale": None}, alpha=1.0)
+    dtsh_wrapped = losses.get(
+        "hashing", base="dtsh", base_params={"quantization_weight": 0.0, "scale": None}, alpha=1.0
+    )
     expected = dtsh_reference(codes, class_relation(labels), 5.0, 0.0) + quantization(codes)
     assert float(dtsh_wrapped(codes, labels)) == pytest.approx(expected, rel=1e-10)
 

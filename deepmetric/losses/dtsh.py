@@ -13,6 +13,12 @@ loss (:func:`deepmetric.losses.quantization.quantization_penalty`, per bit). The
 soft-margin triplet loss on the similarity ``Theta``: without a miner it is reduced by the batch-all machinery
 of :mod:`deepmetric.losses.triplet` (anchor chunks, gradient accumulated in the same pass), so memory stays
 ``O(N^2)`` instead of the ``N^3`` triplet mask.
+
+``Theta_ij = scale * u_i . u_j / K`` (:class:`~deepmetric.losses.quantization.QuantizedCodeLoss`); the
+paper's ``1/2`` is ``scale=None``. Defaults ``scale = 1024`` (a sharp sigmoid: satisfied triplets stop
+pushing) and ``lambda = 0.1`` (1.0 drives the tanh codes to ±1 fitted to the training classes): in the demo
+Recall@1 goes 0.887 untrained -> 0.702 with the paper's ``1/2`` and ``lambda = 1`` -> above untrained with
+these (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -25,16 +31,14 @@ from deepmetric.losses.quantization import QuantizedCodeLoss
 from deepmetric.losses.triplet import BatchAllTriplet
 from deepmetric.masks import PairIndices, TripletIndices, to_triplets
 
-SCALE, MARGIN = 8.0, 5.0
-
 
 @LOSSES.register("dtsh")
 class DTSHLoss(QuantizedCodeLoss):
     def __init__(
         self,
-        margin: float = MARGIN,
-        quantization_weight: float = 1.0,
-        scale: float | None = SCALE,
+        margin: float = 5.0,
+        quantization_weight: float = 0.1,
+        scale: float | None = 1024.0,
         reduction: str = "mean",
     ) -> None:
         super().__init__(quantization_weight, reduction, scale)
