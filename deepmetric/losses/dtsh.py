@@ -17,7 +17,7 @@ of :mod:`deepmetric.losses.triplet` (anchor chunks, gradient accumulated in the 
 ``Theta_ij = scale * u_i . u_j / K`` (:class:`~deepmetric.losses.quantization.QuantizedCodeLoss`); the
 paper's ``1/2`` is ``scale=None``. Defaults ``scale = 1024`` (a sharp sigmoid: satisfied triplets stop
 pushing) and ``lambda = 0.1`` (1.0 drives the tanh codes to ±1 fitted to the training classes): in the demo
-Recall@1 goes 0.887 untrained -> 0.702 with the paper's ``1/2`` and ``lambda = 1`` -> above untrained with
+Recall@1 goes 0.887 untrained -> 0.702 with the paper's ``1/2`` and ``lambda = 1`` -> 0.896 with
 these (benchmarks/RESULTS.md).
 """
 
