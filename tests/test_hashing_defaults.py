@@ -1,6 +1,6 @@
 """The hashing losses' defaults: DPSH/DTSH logits ``Theta = scale * u_i . u_j / K`` against loops from
 that definition, the paper's ``1/2 u_i . u_j`` for ``scale=None``, the same logits at every code length;
-DSH's margin K / 16 without the regulariser."""
+DSH's margin K / 64 without the regulariser."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_scale_errors() -> None:
 
 
 @pytest.mark.parametrize("bits", [8, 32])
-def test_dsh_default_margin_is_bits_over_16_without_the_regulariser(bits: int) -> None:
+def test_dsh_default_margin_is_bits_over_64_without_the_regulariser(bits: int) -> None:
     codes, labels = batch(13, n=8, bits=bits)
-    expected = dsh_reference(codes, class_relation(labels), bits / 16, 0.0)
+    expected = dsh_reference(codes, class_relation(labels), bits / 64, 0.0)
     assert float(losses.get("dsh")(codes, labels)) == pytest.approx(expected, rel=1e-10)

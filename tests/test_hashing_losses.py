@@ -170,7 +170,7 @@ def test_dsh_matches_reference(margin: float | None) -> None:
     codes, labels = batch(4)
     loss = losses.get("dsh", margin=margin, alpha=0.05)
     expected = dsh_reference(
-        codes, class_relation(labels), codes.shape[1] / 16 if margin is None else margin, 0.05
+        codes, class_relation(labels), codes.shape[1] / 64 if margin is None else margin, 0.05
     )
     assert float(loss(codes, labels)) == pytest.approx(expected, rel=1e-10)
 

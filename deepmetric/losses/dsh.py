@@ -8,11 +8,11 @@ For a pair of relaxed codes with ``y = 0`` when similar and ``y = 1`` when dissi
 averaged over all pairs ``i != j`` of the batch (or the mined pairs), the last term the paper's regulariser
 that draws each unit to ±1.
 
-Defaults: ``m = K / 16`` and ``alpha = 0``, not the paper's ``m = 2K`` and ``alpha = 0.01``: the paper's
+Defaults: ``m = K / 64`` and ``alpha = 0``, not the paper's ``m = 2K`` and ``alpha = 0.01``: the paper's
 network ends in a linear layer, ours in tanh (codes already in (-1, 1)). On tanh codes a margin of half the
 largest squared distance ``4K`` and the pull to ±1 saturate the units, which fits binary corners to the
 training classes and loses the unseen ones (the demo: Recall@1 0.887 untrained, 0.606 trained with the
-paper's values, 0.907 with these; benchmarks/RESULTS.md). ``margin=None`` is ``K / 16`` at any code length.
+paper's values, 0.904 with these; ``K / 16`` fails on other seeds; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class DSHLoss(MetricLoss):
     def __init__(self, margin: float | None = None, alpha: float = 0.0, reduction: str = "mean") -> None:
         super().__init__(distance="squared_euclidean", reduction=reduction)
         if margin is not None and margin <= 0:
-            raise ValueError(f"margin must be positive (or None for bits / 16), got {margin}")
+            raise ValueError(f"margin must be positive (or None for bits / 64), got {margin}")
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.margin = margin
@@ -44,7 +44,7 @@ class DSHLoss(MetricLoss):
         ref_embeddings: torch.Tensor | None,
         ref_labels: torch.Tensor | None,
     ) -> torch.Tensor:
-        margin = embeddings.shape[1] / 16 if self.margin is None else self.margin
+        margin = embeddings.shape[1] / 64 if self.margin is None else self.margin
         ref = embeddings if ref_embeddings is None else ref_embeddings
         squared = self.distance(embeddings, ref)
         regulariser = self.alpha * (
