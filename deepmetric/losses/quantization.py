@@ -31,10 +31,11 @@ class QuantizedCodeLoss(MetricLoss):
     """Base of the hashing losses on relaxed codes (DTSH, DPSH): the subclass's loss on the logits
     ``Theta = scale * U U'^T / K`` plus ``quantization_weight * Q(U)``, a term over the whole batch.
 
-    The papers' ``Theta = 1/2 u_i . u_j`` is ``scale = K / 2`` (``scale=None``): its range [-K/2, K/2] grows
-    with the code length ``K``, so at 32 bits and more the sigmoid saturates as soon as the codes do and
-    the loss drives them to binary corners fitted to the training classes. A fixed ``scale`` keeps the
-    logits in [-scale, scale] whatever ``K``."""
+    The papers' ``Theta = 1/2 u_i . u_j`` is ``scale = K / 2`` (``scale=None``), whose range [-K/2, K/2]
+    grows with the code length ``K``; a fixed ``scale`` keeps the logits in [-scale, scale] at any ``K``, so
+    one default fits every code length. The subclasses' defaults are large (sharp logits): a pair or
+    triplet on the right side stops contributing, where the papers' soft logits keep pushing every pair
+    and, on tanh codes, fit them to the training classes (benchmarks/RESULTS.md, the demo table)."""
 
     default_distance = "dot"
 
