@@ -28,27 +28,29 @@ def quantization(u: torch.Tensor) -> float:
     return sum((abs(float(v)) - 1) ** 2 for v in u.flatten()) / u.numel()
 
 
-def dtsh_reference(u: torch.Tensor, related, margin: float, lam: float) -> float:
+def dtsh_reference(u: torch.Tensor, related, margin: float, lam: float, factor: float = 0.5) -> float:
     n, total, count = len(u), 0.0, 0
     for i in range(n):
         for j in range(n):
             for k in range(n):
                 if i != j and i != k and related(i, j) and not related(i, k):
-                    theta_ij = 0.5 * float(u[i] @ u[j])
-                    theta_ik = 0.5 * float(u[i] @ u[k])
+                    theta_ij = factor * float(u[i] @ u[j])
+                    theta_ik = factor * float(u[i] @ u[k])
                     total += -math.log(1 / (1 + math.exp(-(theta_ij - theta_ik - margin))))
                     count += 1
     return total / count + lam * quantization(u)
 
 
-def dpsh_reference(u: torch.Tensor, related, eta: float, ref: torch.Tensor | None = None) -> float:
+def dpsh_reference(
+    u: torch.Tensor, related, eta: float, ref: torch.Tensor | None = None, factor: float = 0.5
+) -> float:
     other = u if ref is None else ref
     total, count = 0.0, 0
     for i in range(len(u)):
         for j in range(len(other)):
             if ref is None and i == j:
                 continue
-            theta = 0.5 * float(u[i] @ other[j])
+            theta = factor * float(u[i] @ other[j])
             s = 1.0 if related(i, j) else 0.0
             total += softplus(theta) - s * theta
             count += 1
@@ -75,7 +77,7 @@ def class_relation(labels: torch.Tensor):
 
 def test_dtsh_matches_reference() -> None:
     codes, labels = batch(0)
-    loss = losses.get("dtsh", margin=1.5, quantization_weight=0.3)
+    loss = losses.get("dtsh", margin=1.5, quantization_weight=0.3, scale=None)
     expected = dtsh_reference(codes, class_relation(labels), 1.5, 0.3)
     assert float(loss(codes, labels)) == pytest.approx(expected, rel=1e-10)
 
@@ -83,7 +85,9 @@ def test_dtsh_matches_reference() -> None:
 def test_dtsh_with_mined_triplets() -> None:
     codes, labels = batch(1)
     triplets = (torch.tensor([0, 1]), torch.tensor([3, 4]), torch.tensor([1, 2]))
-    value = float(losses.get("dtsh", margin=0.5, quantization_weight=0.0)(codes, labels, triplets))
+    value = float(
+        losses.get("dtsh", margin=0.5, quantization_weight=0.0, scale=None)(codes, labels, triplets)
+    )
     theta = 0.5 * codes @ codes.T
     expected = (
         softplus(float(theta[0, 1] - theta[0, 3]) + 0.5) + softplus(float(theta[1, 2] - theta[1, 4]) + 0.5)
@@ -114,7 +118,7 @@ def test_dtsh_batch_all_equals_dense_triplets_in_value_and_gradient(
     for ref in (None, (ref_codes.clone().requires_grad_(), ref_labels)):
         u = codes.clone().requires_grad_()
         other, other_labels = (u, labels) if ref is None else ref
-        loss = losses.get("dtsh", margin=2.0, quantization_weight=0.0, reduction=reduction)
+        loss = losses.get("dtsh", margin=2.0, quantization_weight=0.0, scale=None, reduction=reduction)
         value = (
             loss(u, labels) if ref is None else loss(u, labels, ref_embeddings=other, ref_labels=other_labels)
         )
@@ -142,7 +146,7 @@ def test_dtsh_batch_all_memory_stays_quadratic() -> None:
 
 def test_dpsh_matches_reference_for_ids_multihot_and_reference_set() -> None:
     codes, labels = batch(2)
-    loss = losses.get("dpsh", quantization_weight=0.2)
+    loss = losses.get("dpsh", quantization_weight=0.2, scale=None)
     assert float(loss(codes, labels)) == pytest.approx(
         dpsh_reference(codes, class_relation(labels), 0.2), rel=1e-10
     )
@@ -166,7 +170,7 @@ def test_dsh_matches_reference(margin: float | None) -> None:
     codes, labels = batch(4)
     loss = losses.get("dsh", margin=margin, alpha=0.05)
     expected = dsh_reference(
-        codes, class_relation(labels), 2.0 * codes.shape[1] if margin is None else margin, 0.05
+        codes, class_relation(labels), codes.shape[1] / 64 if margin is None else margin, 0.05
     )
     assert float(loss(codes, labels)) == pytest.approx(expected, rel=1e-10)
 
@@ -180,7 +184,9 @@ def test_hashing_wrapper_adds_penalties_to_any_base_loss() -> None:
     balance = sum(float(codes[:, k].mean()) ** 2 for k in range(codes.shape[1])) / codes.shape[1]
     expected = float(base(codes, labels)) + 2.0 * quantization(codes) + 0.5 * balance
     assert float(wrapped(codes, labels)) == pytest.approx(expected, rel=1e-10)
-    dtsh_wrapped = losses.get("hashing", base="dtsh", base_params={"quantization_weight": 0.0}, alpha=1.0)
+    dtsh_wrapped = losses.get(
+        "hashing", base="dtsh", base_params={"quantization_weight": 0.0, "scale": None}, alpha=1.0
+    )
     expected = dtsh_reference(codes, class_relation(labels), 5.0, 0.0) + quantization(codes)
     assert float(dtsh_wrapped(codes, labels)) == pytest.approx(expected, rel=1e-10)
 

@@ -28,12 +28,18 @@ def bit_balance_penalty(codes: torch.Tensor) -> torch.Tensor:
 
 
 class QuantizedCodeLoss(MetricLoss):
-    """Base of the hashing losses on relaxed codes (DTSH, DPSH): the subclass's loss on the codes' inner
-    products plus ``quantization_weight * Q(U)``, a term over the whole batch."""
+    """Base of the hashing losses on relaxed codes (DTSH, DPSH): the subclass's loss on the logits
+    ``Theta = scale * U U'^T / K`` plus ``quantization_weight * Q(U)``, a term over the whole batch.
+
+    The papers' ``Theta = 1/2 u_i . u_j`` is ``scale = K / 2`` (``scale=None``), whose range [-K/2, K/2]
+    grows with the code length ``K``; a fixed ``scale`` keeps the logits in [-scale, scale] at any ``K``, so
+    one default fits every code length. The subclasses' defaults are large (sharp logits): a pair or
+    triplet on the right side stops contributing, where the papers' soft logits keep pushing every pair
+    and, on tanh codes, fit them to the training classes (benchmarks/RESULTS.md, the demo table)."""
 
     default_distance = "dot"
 
-    def __init__(self, quantization_weight: float, reduction: str) -> None:
+    def __init__(self, quantization_weight: float, reduction: str, scale: float | None) -> None:
         super().__init__(distance="dot", reduction=reduction)
         if quantization_weight < 0:
             raise ValueError(f"quantization_weight must be >= 0, got {quantization_weight}")
@@ -41,7 +47,15 @@ class QuantizedCodeLoss(MetricLoss):
             raise ValueError(
                 "reduction='none' returns per-element losses without the batch term; set quantization_weight=0"
             )
+        if scale is not None and scale <= 0:
+            raise ValueError(f"scale must be positive (or None for the paper's bits / 2), got {scale}")
         self.quantization_weight = quantization_weight
+        self.scale = scale
+
+    def theta(self, embeddings: torch.Tensor, ref_embeddings: torch.Tensor | None) -> torch.Tensor:
+        """``Theta_ij = scale * u_i . u_j / K`` (``u_i . u_j / 2`` for ``scale=None``)."""
+        factor = 0.5 if self.scale is None else self.scale / embeddings.shape[1]
+        return factor * self.distance(embeddings, ref_embeddings)
 
     def forward(self, embeddings, labels, indices=None, ref_embeddings=None, ref_labels=None) -> torch.Tensor:
         loss = super().forward(embeddings, labels, indices, ref_embeddings, ref_labels)
