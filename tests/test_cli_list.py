@@ -8,6 +8,8 @@ from deepmetric import data, losses, miners, models, retrieval, samplers
 from deepmetric.cli import main
 from deepmetric.cli.listing import KINDS
 from deepmetric.distances import DISTANCES
+from deepmetric.retrieval.sharded_index import index_kinds
+from deepmetric.training.callbacks import CALLBACKS
 from deepmetric.training.optim import OPTIMIZERS, SCHEDULES
 
 
@@ -34,6 +36,10 @@ def test_lists_every_kind_from_its_registry(capsys):
     assert found["backends"] == retrieval.SEARCH_BACKENDS.names() and "hamming" in found["backends"]
     assert found["distances"] == sorted(DISTANCES)
     assert {"recall@K", "map@r", "nmi"} <= set(found["metrics"])
+    assert found["sharded-indexes"] == index_kinds() and "ivfpq" in found["sharded-indexes"]
+    assert found["callbacks"] == CALLBACKS.names() and {"jsonl", "tensorboard", "mlflow"} <= set(
+        found["callbacks"]
+    )
 
 
 def test_one_kind(capsys):

@@ -20,8 +20,10 @@ KINDS = (
     "schedules",
     "samplers",
     "backends",
+    "sharded-indexes",
     "distances",
     "augmentations",
+    "callbacks",
 )
 
 
@@ -31,6 +33,8 @@ def catalogue() -> dict[str, list[str]]:
     from deepmetric.data.transforms import AUGMENTATIONS
     from deepmetric.distances import DISTANCES
     from deepmetric.evaluation import metrics
+    from deepmetric.retrieval.sharded_index import index_kinds
+    from deepmetric.training.callbacks import CALLBACKS
     from deepmetric.training.optim import OPTIMIZERS, SCHEDULES
 
     # metrics are listed as they are written in a config (recall@K), one per entry of their registry
@@ -47,8 +51,10 @@ def catalogue() -> dict[str, list[str]]:
         "schedules": SCHEDULES.names(),
         "samplers": samplers.SAMPLERS.names(),
         "backends": retrieval.SEARCH_BACKENDS.names(),
+        "sharded-indexes": index_kinds(),
         "distances": sorted(DISTANCES),
         "augmentations": list(AUGMENTATIONS),
+        "callbacks": CALLBACKS.names(),
     }
 
 
