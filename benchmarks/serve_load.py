@@ -2,11 +2,11 @@
 
 Sets up, in a temporary folder: the demo's small CNN (a 2-iteration run: latency does not depend on the
 weights), an index of ``--gallery`` unit vectors tied to that model (``--backend``, default exact ``faiss_flat``), and
-``deepmetric serve`` on 127.0.0.1 in its own process with one thread for torch. Then ``--clients``
+``deepmetric serve`` on 127.0.0.1 (``--workers`` processes, one thread for torch in each). Then ``--clients``
 threads post ``--requests`` JPEG uploads (64 x 64, 30 distinct images) as fast as they are answered and
 the per-request wall times are reported. Client and server share the machine.
 
-    python benchmarks/serve_load.py [--gallery 100000] [--requests 2000] [--clients 8]
+    python benchmarks/serve_load.py [--gallery 100000] [--requests 2000] [--clients 8] [--workers 2]
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server processes (deepmetric serve --workers)"
+    )
     parser.add_argument("--backend", default="faiss_flat", help="search backend of the index (registry name)")
     args = parser.parse_args()
 
@@ -77,7 +80,17 @@ def main() -> None:
         port = free_port()
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         server = subprocess.Popen(
-            [sys.executable, "-m", "deepmetric.cli", "serve", str(index_dir), "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "deepmetric.cli",
+                "serve",
+                str(index_dir),
+                "--port",
+                str(port),
+                "--workers",
+                str(args.workers),
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
         )
@@ -120,10 +133,12 @@ def main() -> None:
     errors = sum(e for _, e in results)
     p50, p95, p99 = np.percentile(times, [50, 95, 99])
     print(f"load average before: {load_before:.1f} ({os.cpu_count()} cores); after: {os.getloadavg()[0]:.1f}")
-    print("| backend | gallery | clients | requests | errors | p50 ms | p95 ms | p99 ms | requests/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(
-        f"| {args.backend} | {args.gallery} | {args.clients} | {args.requests} | {errors} | {p50:.1f} | {p95:.1f} | {p99:.1f} "
+        "| backend | workers | gallery | clients | requests | errors | p50 ms | p95 ms | p99 ms | requests/s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| {args.backend} | {args.workers} | {args.gallery} | {args.clients} | {args.requests} | {errors} | {p50:.1f} | {p95:.1f} | {p99:.1f} "
         f"| {args.requests / elapsed:.1f} |"
     )
 

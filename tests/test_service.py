@@ -164,3 +164,65 @@ def test_the_page_shows_results_in_a_headless_browser(setup, tmp_path):
     # the query tile's blue frame and the green frames of results within the threshold are drawn
     assert pixels_of((0x1F, 0x4E, 0x9E)) > 500
     assert pixels_of((0x1A, 0x9E, 0x1A)) > 500
+
+
+def test_concurrent_queries_are_batched_and_answered_as_one_at_a_time(setup):
+    import asyncio
+
+    from deepmetric.service.app import QueryBatcher
+
+    index, folder = setup
+    queries = sorted(folder.glob("class_*/img_*.png"))[:9]
+    pixels = [index.model.preprocess([Image.open(q)]) for q in queries]
+    ks = [1, 3, 3, 5, 1, 3, 5, 5, 2]
+    calls = []
+    runner = index.model.runner
+
+    class CountingBatcher(QueryBatcher):
+        def _search(self, batch):
+            calls.append(len(batch))
+            return super()._search(batch)
+
+    async def all_at_once():
+        batcher = CountingBatcher(index, max_batch=4)
+        return await asyncio.gather(*(batcher.search(p, k, q.name) for p, k, q in zip(pixels, ks, queries)))
+
+    results = asyncio.run(all_at_once())
+    assert calls == [4, 4, 1]  # the first query alone would be [1, ...]: all nine were waiting together
+    for result, p, k, q in zip(results, pixels, ks, queries):
+        alone = index.search_vectors(runner(p), k, [q.name])[0]
+        assert result.query == q.name and len(result.hits) == k
+        assert [h.distance for h in result.hits] == pytest.approx([h.distance for h in alone.hits], abs=1e-5)
+        for got, want in zip(result.hits, alone.hits):  # the same items, up to the order of exact ties
+            assert got.id == want.id or abs(got.distance - want.distance) < 1e-5
+
+
+def test_a_failing_batch_fails_each_of_its_requests_and_the_next_batch_runs(setup):
+    import asyncio
+
+    from deepmetric.service.app import QueryBatcher
+
+    index, folder = setup
+    good = index.model.preprocess([Image.open(next(folder.glob("class_*/img_*.png")))])
+    bad = np.zeros((1, 7, 3, 3), np.float32)  # wrong shape: the model raises
+
+    async def run():
+        batcher = QueryBatcher(index)
+        first = await asyncio.gather(
+            batcher.search(good, 2, "a"), batcher.search(bad, 2, "b"), return_exceptions=True
+        )
+        second = await batcher.search(good, 2, "c")
+        return first, second
+
+    (first_a, first_b), second = asyncio.run(run())
+    assert isinstance(first_a, Exception) and isinstance(first_b, Exception)
+    assert second.query == "c" and len(second.hits) == 2
+
+
+def test_serve_refuses_workers_with_a_loaded_index_or_below_one(setup):
+    from deepmetric.service.app import serve
+
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        serve(setup[0], workers=0)
+    with pytest.raises(ValueError, match="give its folder"):
+        serve(setup[0], workers=2)

@@ -160,10 +160,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"{args.index} is a sharded index: search it with deepmetric search (serve needs deepmetric index)"
         )
-    print(f"serving {len(index)} images on http://{args.host}:{args.port}/", flush=True)
-    serve(
-        index, args.host, args.port, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), default_k=args.k
+    if args.workers < 1:
+        raise ConfigError(f"--workers: must be at least 1, got {args.workers}")
+    print(
+        f"serving {len(index)} images on http://{args.host}:{args.port}/ ({args.workers} worker(s))",
+        flush=True,
     )
+    options = {"max_upload_bytes": int(args.max_upload_mb * 1024 * 1024), "default_k": args.k}
+    if args.workers > 1:  # each worker process loads the index itself
+        del index
+        serve(args.index, args.host, args.port, workers=args.workers, **options)
+    else:
+        serve(index, args.host, args.port, **options)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -206,4 +214,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("-k", type=int, default=5, help="default number of results")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes, each with its own copy of the index (default 1)",
+    )
     p.set_defaults(func=cmd_serve)
