@@ -189,16 +189,22 @@ def phase_embed(out: Path, run: str) -> dict:
     model = load_model(run)
     dataset = build_data(load_config(Path(run) / "config.yaml"), model.backbone, device).evaluation["test"]
     folder = out / f"embed-{distributed.world_size()}"
-    shutil.rmtree(folder, ignore_errors=True)
-    distributed.barrier()
-    start = time.perf_counter()
-    embed_to_shards(model, dataset, folder, shard_size=500, progress=False)
-    seconds = time.perf_counter() - start
+    best = float("inf")
+    for _ in range(3):  # best of three: one pass is ~10 s, short enough for a stray process to skew it
+        distributed.barrier()  # every rank has opened the previous pass's shards before they go
+        if distributed.is_main():
+            shutil.rmtree(folder, ignore_errors=True)
+        distributed.barrier()
+        start = time.perf_counter()
+        # Whole shards are the unit of work: 12 equal ones give 1 or 2 ranks equal shares (14 shards of
+        # 500 rows would give one of 2 ranks 3,500 of 6,600 rows, capping the speed-up at 1.89x).
+        embed_to_shards(model, dataset, folder, shard_size=-(-len(dataset) // 12), progress=False)
+        best = min(best, time.perf_counter() - start)
     distributed.teardown()
     return {
         "processes": int(os.environ.get("WORLD_SIZE", "1")),
         "rows": len(dataset),
-        "rows_per_s": len(dataset) / seconds,
+        "rows_per_s": len(dataset) / best,
     }
 
 
