@@ -375,3 +375,22 @@ def test_sharded_evaluation_through_an_index_equals_exact(tmp_path):
     metrics = ["recall@1", "recall@8", "map@r"]
     exact = evaluate_shards(shards, metrics, max_queries=120)
     assert evaluate_shards(shards, metrics, index=index, max_queries=120) == pytest.approx(exact, abs=1e-12)
+
+
+def test_an_index_moved_with_its_shards_still_finds_them(tmp_path):
+    pytest.importorskip("faiss")
+    from deepmetric.retrieval.sharded_index import ShardedIndex, build_sharded_index
+
+    vectors, _ = clustered(300, 8)
+    shard_folder(tmp_path / "a/shards", vectors, None, 100)
+    build_sharded_index(
+        tmp_path / "a/shards", tmp_path / "a/index", "ivfflat", nlist=4, nprobe=4, progress=False
+    )
+    expected = ShardedIndex(tmp_path / "a/index").search(vectors[:5], 3)
+    (tmp_path / "a").rename(tmp_path / "b")  # both folders move: found relative to the index
+    moved = ShardedIndex(tmp_path / "b/index")
+    assert moved.shards.directory == tmp_path / "b/index/../shards"
+    np.testing.assert_array_equal(moved.search(vectors[:5], 3)[1], expected[1])
+    (tmp_path / "b/index").rename(tmp_path / "index")  # the index alone moves: the recorded place
+    (tmp_path / "b").rename(tmp_path / "a")
+    np.testing.assert_array_equal(ShardedIndex(tmp_path / "index").search(vectors[:5], 3)[1], expected[1])

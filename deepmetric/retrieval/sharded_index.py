@@ -41,7 +41,7 @@ from deepmetric.io import FILE_MODE, atomic_path, write_json
 from deepmetric.registry import Registry
 from deepmetric.retrieval.index import SearchResult
 from deepmetric.retrieval.knn import knn
-from deepmetric.retrieval.shards import ShardSet
+from deepmetric.retrieval.shards import MANIFEST, ShardSet
 
 INDEX_FORMAT, INDEX_VERSION, INDEX_FILE = "deepmetric-sharded-index", 1, "index.json"
 TRAINED, MERGED, LISTS = "trained.faiss", "index.faiss", "lists.ivfdata"
@@ -188,6 +188,8 @@ def build_sharded_index(
         write_json(plan_file, params)
     record: dict[str, Any] = {"format": INDEX_FORMAT, "format_version": INDEX_VERSION, **params}
     record["search"] = {"nprobe": nprobe, "rerank": rerank}
+    # where the shards are seen from the index: still found after both folders move together
+    record["shards_relative"] = os.path.relpath(Path(shards).resolve(), out.resolve())
     if kind != "hamming":
         record.update(_build_faiss(shard_set, out, params, progress))
     record["built"] = {"seconds": round(time.perf_counter() - started, 3), "date": time.strftime("%FT%TZ")}
@@ -268,7 +270,7 @@ class ShardedIndex:
         if self.record.get("format") != INDEX_FORMAT or self.record.get("format_version") != INDEX_VERSION:
             raise ValueError(f"{path}: not a deepmetric sharded index of version {INDEX_VERSION}")
         self.kind = self.record["kind"]
-        self.shards = ShardSet(self.record["shards"])
+        self.shards = ShardSet(self._shard_folder())
         if len(self.shards) != self.record["count"]:
             raise ValueError(
                 f"{self.folder} indexes {self.record['count']} rows but its shards hold {len(self.shards)}"
@@ -291,6 +293,14 @@ class ShardedIndex:
                     index = faiss.read_index(str(self.folder / name), flags)
                     index.nprobe = self.nprobe
                     self.indexes.append(index)
+
+    def _shard_folder(self) -> Path:
+        """The shards at the same place relative to the index as when it was built (both folders moved
+        together), else where they were then (the index folder alone moved)."""
+        relative = self.record.get("shards_relative")
+        if relative is not None and (self.folder / relative / MANIFEST).is_file():
+            return self.folder / relative
+        return Path(self.record["shards"])
 
     def __len__(self) -> int:
         return len(self.shards)
