@@ -160,3 +160,21 @@ def test_embed_shards_equals_embed_with_shards(sharded, tmp_path, capsys):
     capsys.readouterr()
     assert main(["embed", str(run), "--dtype", "float16"]) == 2
     assert "--dtype only apply with --shards" in capsys.readouterr().err
+
+
+def test_shards_of_a_frozen_backbone_run_name_their_images(tmp_path):
+    """A frozen backbone embeds from cached features; the shards still record each row's image file."""
+    from tests.image_run import RUN_ARGS, make_image_folder
+
+    folder = make_image_folder(tmp_path / "images")
+    run = tmp_path / "run"
+    frozen = ["model.frozen=true", f"model.feature_cache={tmp_path / 'cache'}"]
+    config = str(deepmetric.cli.demo_config_path())
+    assert main(["train", config, *RUN_ARGS, *frozen, f"data.root={folder}", "--out", str(run)]) == 0
+    assert main(["embed", str(run), "--shards", str(tmp_path / "shards"), "--shard-size", "5"]) == 0
+    shard_set = ShardSet(tmp_path / "shards" / "test")
+    ids = np.concatenate([shard_set.ids(s) for s in range(shard_set.num_shards)])
+    paths = [shard_set.paths[i] for i in ids]
+    expected = sorted(str(p.resolve()) for c in TEST_CLASSES for p in (folder / c).glob("*.png"))
+    assert sorted(paths) == expected
+    assert [Path(p).parent.name for p in paths] == [TEST_CLASSES[label] for label in shard_set.all_labels()]

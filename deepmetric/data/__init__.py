@@ -15,6 +15,7 @@ from deepmetric.data.base import (
     ImageFileDataset,
     LabeledDataset,
     get_dataset,
+    image_paths,
     load_image,
     subset,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "ImageFileDataset",
     "LabeledDataset",
     "get_dataset",
+    "image_paths",
     "load_image",
     "subset",
 ]

@@ -111,6 +111,16 @@ def subset(dataset: LabeledDataset, keep: np.ndarray) -> torch.utils.data.Subset
     return view
 
 
+def image_paths(dataset: torch.utils.data.Dataset) -> list[str] | None:
+    """The absolute image file of each item of ``dataset`` (through ``Subset``s), or None without files."""
+    indices = list(range(len(dataset)))
+    while isinstance(dataset, torch.utils.data.Subset):
+        indices = [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    paths = getattr(dataset, "paths", None)
+    return None if paths is None else [str(Path(paths[i]).resolve()) for i in indices]
+
+
 def get_dataset(
     name: str,
     root: str | Path | None = None,

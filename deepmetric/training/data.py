@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepmetric.data import get_dataset, subset
+from deepmetric.data import get_dataset, image_paths, subset
 from deepmetric.data.transforms import build_transform
 from deepmetric.models import Backbone
 from deepmetric.models.backbones import CUT_POINTS
@@ -206,4 +206,7 @@ def cached_features(
     )
     features = FeatureDataset(array, np.asarray(dataset.labels))
     features.class_names = getattr(dataset, "class_names", None)
+    paths = image_paths(dataset)
+    if paths is not None:  # search hits over these features still name their images
+        features.paths = paths
     return features

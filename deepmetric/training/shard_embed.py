@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deepmetric.data import image_paths
 from deepmetric.hashing.packing import pack_bits
 from deepmetric.models import EmbeddingModel
 from deepmetric.models.features import model_fingerprint
@@ -59,7 +60,7 @@ def embed_to_shards(
     directory = Path(directory)
     with distributed.main_first():  # rank 0 writes (or checks) the manifest, the others then check it
         writer = ShardWriter(directory, plan)
-        paths = dataset_paths(dataset)
+        paths = image_paths(dataset)
         if paths is not None and distributed.is_main():
             write_paths(directory, paths)
     mine = [s for s in writer.pending() if s % distributed.world_size() == distributed.rank()]
@@ -83,12 +84,3 @@ def embed_to_shards(
     distributed.barrier()
     return ShardSet(directory)
 
-
-def dataset_paths(dataset: torch.utils.data.Dataset) -> list[str] | None:
-    """The absolute image file of each item of ``dataset`` (through ``Subset``s), or None without files."""
-    indices = list(range(len(dataset)))
-    while isinstance(dataset, torch.utils.data.Subset):
-        indices = [dataset.indices[i] for i in indices]
-        dataset = dataset.dataset
-    paths = getattr(dataset, "paths", None)
-    return None if paths is None else [str(Path(paths[i]).resolve()) for i in indices]
