@@ -90,15 +90,15 @@ def test_shards_round_trip_memory_mapped(tmp_path):
 def test_shard_folder_refuses_other_jobs_and_unfinished_shards(tmp_path):
     plan = Plan(4, "float32", 10, 4, False, {"job": 1})
     writer = ShardWriter(tmp_path, plan)
-    writer.write(0, np.zeros((4, 4)), np.arange(4), None)
+    writer.write(0, np.zeros((4, 4)), None)
     with pytest.raises(ValueError, match=r"2 of 3 shards are unfinished \(first: shard-00001"):
         ShardSet(tmp_path)
     with pytest.raises(ValueError, match=r"another job .*source"):
         ShardWriter(tmp_path, Plan(4, "float32", 10, 4, False, {"job": 2}))
     with pytest.raises(ValueError, match="must hold 4 x 4 values"):
-        writer.write(1, np.zeros((3, 4)), np.arange(3), None)
+        writer.write(1, np.zeros((3, 4)), None)
     with pytest.raises(ValueError, match="NaN"):
-        writer.write(1, np.full((4, 4), np.nan), np.arange(4), None)
+        writer.write(1, np.full((4, 4), np.nan), None)
     with pytest.raises(ValueError, match="unknown shard dtype"):
         Plan(4, "int8", 10, 4, False, {})
     assert writer.pending() == [1, 2]

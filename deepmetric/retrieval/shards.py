@@ -4,10 +4,12 @@ A shard folder holds a fixed plan and the shards done so far::
 
     manifest.json                    plan: dim, dtype, total rows, shard size, where the rows came from
     shard-00000.vectors.npy          rows [0, S): float32 / float16 vectors, or packed uint8 codes ("bits")
-    shard-00000.ids.npy              int64 ids of those rows (for embedded datasets: positions in the split)
     shard-00000.labels.npy           int64 labels (when the rows have labels)
     shard-00000.json                 written last: the shard is complete once this file exists
-    paths.txt                        optional: the image file of each id, one a line (ids index it)
+    paths.txt                        optional: the image file of each row, one a line
+
+A row's id is its global row number (for embedded datasets: its position in the split), so no ids are
+stored: 10^8 rows would spend 800 MB on them.
 
 Shard ``i`` always holds rows ``[i * S, min((i + 1) * S, N))``, whoever writes it, so a folder written by
 two processes is the one a single process writes, and a killed job resumes at its first shard without a
@@ -149,7 +151,7 @@ class ShardWriter:
         """The shards not yet complete, in order."""
         return [shard for shard in range(self.plan.num_shards) if not self.done(shard)]
 
-    def write(self, shard: int, vectors: np.ndarray, ids: np.ndarray, labels: np.ndarray | None) -> None:
+    def write(self, shard: int, vectors: np.ndarray, labels: np.ndarray | None) -> None:
         """Store shard ``shard``: its arrays first, then its ``.json`` that marks it complete."""
         plan, rows = self.plan, self.plan.rows(shard)
         expected = (len(rows), plan.row_width)
@@ -157,8 +159,6 @@ class ShardWriter:
             raise ValueError(
                 f"shard {shard} must hold {expected[0]} x {expected[1]} values, got {vectors.shape}"
             )
-        if len(ids) != len(rows):
-            raise ValueError(f"shard {shard} has {len(rows)} rows but {len(ids)} ids")
         if (labels is not None) != plan.labels:
             raise ValueError(
                 f"shard {shard}: the plan says labels={plan.labels} but labels {labels is not None}"
@@ -167,7 +167,6 @@ class ShardWriter:
             raise ValueError(f"shard {shard} holds NaN or infinite values")
         base = self.directory / shard_name(shard)
         write_npy(base.with_name(base.name + ".vectors.npy"), np.ascontiguousarray(vectors, plan.numpy_dtype))
-        write_npy(base.with_name(base.name + ".ids.npy"), np.asarray(ids, dtype=np.int64))
         if labels is not None:
             write_npy(base.with_name(base.name + ".labels.npy"), np.asarray(labels, dtype=np.int64))
         write_json(
@@ -224,9 +223,6 @@ class ShardSet:
         """Shard ``shard``'s vectors (packed codes for dtype bits), memory-mapped and read-only."""
         return self._array(shard, "vectors")
 
-    def ids(self, shard: int) -> np.ndarray:
-        return self._array(shard, "ids")
-
     def labels(self, shard: int) -> np.ndarray | None:
         return self._array(shard, "labels") if self.plan.labels else None
 
@@ -259,8 +255,10 @@ class ShardSet:
         return self._gather(rows, self.vectors, dtype)
 
     def ids_of(self, rows: np.ndarray) -> np.ndarray:
-        """The stored ids of global ``rows``."""
-        return self._gather(rows, self.ids, np.int64)
+        """The ids of global ``rows``: the rows themselves (positions in the embedded split), checked."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self._locate(rows.ravel())  # refuses rows out of range
+        return rows.copy()
 
     def labels_of(self, rows: np.ndarray) -> np.ndarray:
         if not self.plan.labels:
@@ -306,8 +304,7 @@ def write_arrays(
         if shard >= plan.num_shards:
             raise ValueError(f"more chunks than the {plan.num_shards} shards of {count} rows")
         if not writer.done(shard):
-            rows = plan.rows(shard)
-            writer.write(shard, vectors, np.arange(rows.start, rows.stop), labels)
+            writer.write(shard, vectors, labels)
     if writer is None:
         raise ValueError("no chunks to write")
     return ShardSet(directory)

@@ -78,9 +78,6 @@ def embed_to_shards(
         )
         if dtype == "bits":
             vectors = pack_bits(vectors)
-        writer.write(
-            shard, vectors, np.arange(rows.start, rows.stop), None if labels is None else labels[rows]
-        )
+        writer.write(shard, vectors, None if labels is None else labels[rows])
     distributed.barrier()
     return ShardSet(directory)
-
