@@ -226,3 +226,19 @@ def test_serve_refuses_workers_with_a_loaded_index_or_below_one(setup):
         serve(setup[0], workers=0)
     with pytest.raises(ValueError, match="give its folder"):
         serve(setup[0], workers=2)
+
+
+def test_a_worker_process_builds_its_app_from_the_index_folder(setup, tmp_path, monkeypatch):
+    import json
+
+    from deepmetric.service.app import WORKER_SETTINGS, app_from_environment
+
+    index, folder = setup
+    index.save(tmp_path / "index")
+    settings = {"index": str(tmp_path / "index"), "options": {"default_k": 2, "max_upload_bytes": LIMIT}}
+    monkeypatch.setenv(WORKER_SETTINGS, json.dumps(settings))
+    worker = TestClient(app_from_environment())
+    query = folder / "class_1" / "img_0.png"
+    body = worker.post("/search", files={"file": ("q.png", query.read_bytes(), "image/png")}).json()
+    assert len(body["results"]) == 2 and body["results"][0]["path"] == str(query.resolve())
+    assert worker.get("/health").json()["items"] == len(index)
