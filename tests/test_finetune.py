@@ -194,3 +194,26 @@ def test_xbm_trains_through_the_trainer(tmp_path):
     assert int(state["filled"]) == 32 and metrics["iterations"] == 6
     with pytest.raises(ConfigError, match=r"loss.memory.size: 100000 is larger than the"):
         train(demo_config(*TINY, "loss.name=contrastive", "loss.memory.size=100000"), tmp_path / "big")
+
+
+def test_efficientnet_lite0_input_size_is_an_option_and_keys_the_cache(tmp_path):
+    default = build_backbone("efficientnet_lite0", pretrained=False)
+    large = build_backbone("efficientnet_lite0", pretrained=False, image_size=288)
+    assert (default.input_spec.image_size, default.input_spec.resize_size) == (224, 256)
+    assert (large.input_spec.image_size, large.input_spec.resize_size) == (288, 329)
+    custom = build_backbone("efficientnet_lite0", pretrained=False, image_size=256, resize_size=256)
+    assert custom.input_spec.resize_size == 256
+    with pytest.raises(ValueError, match="resize_size 200 is smaller than image_size 224"):
+        build_backbone("efficientnet_lite0", pretrained=False, resize_size=200)
+    with pytest.raises(ValueError, match="image_size must be an integer"):
+        build_backbone("efficientnet_lite0", pretrained=False, image_size=3.5)
+    from deepmetric.models.features import backbone_fingerprint
+    from deepmetric.models.feature_maps import view_key
+
+    large.load_state_dict(default.state_dict())  # same weights: only the input size differs
+    dataset = grey_images()
+    keys = {
+        view_key(b, "last_2_stages", dataset, "image", 0, backbone_fingerprint(b.split("last_2_stages")[0]))
+        for b in (default, large)
+    }
+    assert len(keys) == 2  # another input size never reuses a cached map
