@@ -207,8 +207,8 @@ def test_efficientnet_lite0_input_size_is_an_option_and_keys_the_cache(tmp_path)
         build_backbone("efficientnet_lite0", pretrained=False, resize_size=200)
     with pytest.raises(ValueError, match="image_size must be an integer"):
         build_backbone("efficientnet_lite0", pretrained=False, image_size=3.5)
-    from deepmetric.models.features import backbone_fingerprint
     from deepmetric.models.feature_maps import view_key
+    from deepmetric.models.features import backbone_fingerprint
 
     large.load_state_dict(default.state_dict())  # same weights: only the input size differs
     dataset = grey_images()
