@@ -217,3 +217,19 @@ def test_efficientnet_lite0_input_size_is_an_option_and_keys_the_cache(tmp_path)
         for b in (default, large)
     }
     assert len(keys) == 2  # another input size never reuses a cached map
+
+
+def test_identity_head_starts_at_the_pooled_features():
+    from deepmetric.models.head import EmbeddingHead
+
+    features = torch.randn(5, 16)
+    head = EmbeddingHead(16, embedding_size=16, init="identity")
+    assert torch.allclose(head(features), torch.nn.functional.normalize(features, dim=-1), atol=1e-6)
+    with pytest.raises(ValueError, match="embedding_size equal to the 16 backbone features, got 8"):
+        EmbeddingHead(16, embedding_size=8, init="identity")
+    with pytest.raises(ConfigError, match=r"model.head_init: must be one of|model.head_init: unknown"):
+        demo_config("model.head_init=eye")
+    from deepmetric.training.components import build_model
+
+    with pytest.raises(ConfigError, match=r"model.head_init: an identity-initialised head needs"):
+        build_model(demo_config("model.head_init=identity", "model.embedding_size=7"))
