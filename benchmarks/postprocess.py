@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from deepmetric.data import get_dataset
 from deepmetric.evaluation import evaluate
+from deepmetric.io import write_json
 from deepmetric.models import build_backbone
 from deepmetric.models.feature_maps import extract_feature_maps
 from deepmetric.models.head import GeM
@@ -36,7 +37,6 @@ from deepmetric.retrieval.postprocess import (
     l2_normalize,
     power_normalize,
 )
-from deepmetric.training.checkpoint import write_json
 from deepmetric.training.data import split_validation_classes
 
 CUT = "last_2_stages"

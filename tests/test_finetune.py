@@ -194,3 +194,42 @@ def test_xbm_trains_through_the_trainer(tmp_path):
     assert int(state["filled"]) == 32 and metrics["iterations"] == 6
     with pytest.raises(ConfigError, match=r"loss.memory.size: 100000 is larger than the"):
         train(demo_config(*TINY, "loss.name=contrastive", "loss.memory.size=100000"), tmp_path / "big")
+
+
+def test_efficientnet_lite0_input_size_is_an_option_and_keys_the_cache(tmp_path):
+    default = build_backbone("efficientnet_lite0", pretrained=False)
+    large = build_backbone("efficientnet_lite0", pretrained=False, image_size=288)
+    assert (default.input_spec.image_size, default.input_spec.resize_size) == (224, 256)
+    assert (large.input_spec.image_size, large.input_spec.resize_size) == (288, 329)
+    custom = build_backbone("efficientnet_lite0", pretrained=False, image_size=256, resize_size=256)
+    assert custom.input_spec.resize_size == 256
+    with pytest.raises(ValueError, match="resize_size 200 is smaller than image_size 224"):
+        build_backbone("efficientnet_lite0", pretrained=False, resize_size=200)
+    with pytest.raises(ValueError, match="image_size must be an integer"):
+        build_backbone("efficientnet_lite0", pretrained=False, image_size=3.5)
+    from deepmetric.models.feature_maps import view_key
+    from deepmetric.models.features import backbone_fingerprint
+
+    large.load_state_dict(default.state_dict())  # same weights: only the input size differs
+    dataset = grey_images()
+    keys = {
+        view_key(b, "last_2_stages", dataset, "image", 0, backbone_fingerprint(b.split("last_2_stages")[0]))
+        for b in (default, large)
+    }
+    assert len(keys) == 2  # another input size never reuses a cached map
+
+
+def test_identity_head_starts_at_the_pooled_features():
+    from deepmetric.models.head import EmbeddingHead
+
+    features = torch.randn(5, 16)
+    head = EmbeddingHead(16, embedding_size=16, init="identity")
+    assert torch.allclose(head(features), torch.nn.functional.normalize(features, dim=-1), atol=1e-6)
+    with pytest.raises(ValueError, match="embedding_size equal to the 16 backbone features, got 8"):
+        EmbeddingHead(16, embedding_size=8, init="identity")
+    with pytest.raises(ConfigError, match=r"model.head_init: must be one of|model.head_init: unknown"):
+        demo_config("model.head_init=eye")
+    from deepmetric.training.components import build_model
+
+    with pytest.raises(ConfigError, match=r"model.head_init: an identity-initialised head needs"):
+        build_model(demo_config("model.head_init=identity", "model.embedding_size=7"))

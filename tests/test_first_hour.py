@@ -77,7 +77,12 @@ def test_shipped_configs_point_at_the_shared_data_from_any_directory(tmp_path, m
     repository = Path(__file__).resolve().parents[1]
     shared = (repository.parent / "shared" / "data").resolve()  # beside the repository (links followed)
     monkeypatch.chdir(tmp_path)
-    for name in ("cub_frozen_triplet.yaml", "hashing_cub.yaml", "hashing_cifar10.yaml"):
+    for name in (
+        "cub_frozen_triplet.yaml",
+        "cub_subset_best.yaml",
+        "hashing_cub.yaml",
+        "hashing_cifar10.yaml",
+    ):
         root = Path(load_config(repository / "configs" / name).data.root)
         assert root in (shared, shared / "CUB_100_subset")
 

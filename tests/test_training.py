@@ -109,7 +109,9 @@ def test_validation_classes_select_best_checkpoint(tmp_path):
     metrics = train(config, tmp_path / "run")
     assert metrics["selected_on"] == "validation" and metrics["trained_checkpoint"] == "best"
     evals = [line for line in log_without_times(tmp_path / "run") if "validation" in line]
-    assert len(evals) == 2
+    assert [line["iteration"] for line in evals] == [0, 2, 4]  # the untrained start competes too
+    best = max(evals, key=lambda line: line["validation"]["recall@1"])  # the first of equals
+    assert metrics["best_iteration"] == best["iteration"]
 
 
 def test_load_model_reproduces_saved_embeddings(tmp_path):

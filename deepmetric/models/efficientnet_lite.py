@@ -10,6 +10,7 @@ either naming. Inputs are normalised with mean = std = 0.5 (pixels in [-1, 1], T
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -83,8 +84,21 @@ class _Features(nn.Module):
 
 
 @BACKBONES.register("efficientnet_lite0")
-def efficientnet_lite0(pretrained: bool = True, weights: str | None = None) -> Backbone:
-    """1280-channel feature map (7 x 7 at 224 pixels); the classifier is removed."""
+def efficientnet_lite0(
+    pretrained: bool = True, weights: str | None = None, image_size: int = 224, resize_size: int | None = None
+) -> Backbone:
+    """1280-channel feature map (7 x 7 at 224 pixels); the classifier is removed.
+
+    ``image_size``: the side of the square input (``model.backbone_options``; fine-grained images gain from
+    more pixels, at a cost that grows with its square); evaluation resizes the shorter side to
+    ``resize_size`` (default ``image_size * 8 / 7``, ImageNet's 256 for 224) and crops the centre."""
+    for name, value in (("image_size", image_size), ("resize_size", resize_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 32):
+            raise ValueError(f"efficientnet_lite0: {name} must be an integer of at least 32, got {value!r}")
+    resize = resize_size if resize_size is not None else round(image_size * 8 / 7)
+    if resize < image_size:
+        raise ValueError(f"efficientnet_lite0: resize_size {resize} is smaller than image_size {image_size}")
     model = efficientnet_lite0_classifier(pretrained, weights)
     model.reset_classifier(0)
-    return Backbone(_Features(model), model.num_features, INPUT_SPEC)
+    spec = dataclasses.replace(INPUT_SPEC, image_size=image_size, resize_size=resize)
+    return Backbone(_Features(model), model.num_features, spec)

@@ -11,6 +11,7 @@ from deepmetric.registry import Registry
 # Heads by name (``model.head`` in a config): constructors taking ``in_features`` first, then keywords.
 HEADS = Registry("head")
 POOLINGS = ("avg", "max", "gem", "avg+max")
+HEAD_INITS = ("random", "identity")  # how the head's linear map starts
 
 
 class GeM(nn.Module):
@@ -45,6 +46,8 @@ class EmbeddingHead(nn.Module):
 
     ``embedding_size=0`` keeps the pooled features as the embedding (the "untrained" baseline of a
     pretrained backbone); ``normalize`` L2-normalises the output (the papers' "Normalized" column).
+    ``init="identity"`` starts the linear map at the identity (``embedding_size`` must equal
+    ``in_features``): training starts from the pretrained features instead of a random projection.
     """
 
     def __init__(
@@ -55,14 +58,26 @@ class EmbeddingHead(nn.Module):
         batchnorm: bool = False,
         normalize: bool = True,
         dropout: float = 0.0,
+        init: str = "random",
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLINGS)}")
+        if init not in HEAD_INITS:
+            raise ValueError(f"unknown head init {init!r}; choose one of {list(HEAD_INITS)}")
+        if init == "identity" and embedding_size != in_features:
+            raise ValueError(
+                f"an identity-initialised head needs embedding_size equal to the {in_features} "
+                f"backbone features, got {embedding_size}"
+            )
         self.pooling = pooling
         self.gem = GeM() if pooling == "gem" else None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.linear = nn.Linear(in_features, embedding_size) if embedding_size > 0 else nn.Identity()
+        if init == "identity":
+            with torch.no_grad():
+                self.linear.weight.copy_(torch.eye(in_features))
+                self.linear.bias.zero_()
         out = embedding_size if embedding_size > 0 else in_features
         self.batchnorm = nn.BatchNorm1d(out) if batchnorm else nn.Identity()
         self.normalize = normalize

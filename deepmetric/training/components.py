@@ -50,6 +50,7 @@ def build_model(config: ExperimentConfig) -> EmbeddingModel:
             batchnorm=model_config.batchnorm,
             normalize=model_config.normalize,
             dropout=model_config.dropout,
+            init=model_config.head_init,
             activation=model_config.hash_activation,
         )
 
@@ -59,9 +60,13 @@ def build_model(config: ExperimentConfig) -> EmbeddingModel:
         )
     body = backbone()
     try:
+        top = head(body.feature_dim)
+    except ValueError as error:  # e.g. an identity head whose size differs from the features
+        raise ConfigError(f"model.head_init: {error}") from None
+    try:
         return EmbeddingModel(
             body,
-            head(body.feature_dim),
+            top,
             freeze_batchnorm=model_config.batchnorm_frozen,
             trainable=model_config.trainable_part,
             flip_average=config.eval.flip,

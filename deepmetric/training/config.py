@@ -58,6 +58,7 @@ class ModelConfig:
     batchnorm: bool = False
     normalize: bool = True  # L2-normalise embeddings
     dropout: float = 0.0
+    head_init: str = "random"  # random, or identity (embedding_size = the backbone's features)
     freeze_batchnorm: bool | None = None  # BatchNorm in eval mode (None: yes for last_stage/last_2_stages)
     frozen: bool = False  # frozen-feature mode: cache backbone features once, train the head only
     # what trains (None: head when frozen, else all): head, last_stage, last_2_stages (from cached
@@ -549,6 +550,9 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError(
             f"model.embedding_size: a hash head takes {low} to {high} bits, got {config.model.embedding_size}"
         )
+    _check_name("model.head_init", "head init", config.model.head_init, models.head.HEAD_INITS)
+    if config.model.head_init != "random" and config.model.head != "embedding":
+        raise ConfigError(f"model.head_init: {config.model.head_init} is for model.head: embedding")
     _check_trainable(config)
     _check_name("model.pooling", "pooling", config.model.pooling, models.POOLINGS)
     loss_params = {k: v for k, v in config.loss.params.items() if k != "memory"}

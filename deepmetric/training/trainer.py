@@ -301,9 +301,9 @@ class Trainer:
         distributed.broadcast_state(self.model, parameters=False)  # rank 0's BatchNorm statistics
         return distributed.embed_in_shards(run, dataset, self.device)
 
-    def _evaluate_and_select(self) -> None:
+    def _evaluate_and_select(self) -> dict[str, float]:
         """Evaluate on the test split and, with validation classes, select ``best.pt`` on them: never on
-        the test classes, whose numbers are what the run reports."""
+        the test classes, whose numbers are what the run reports. Returns the test metrics."""
         test = self.evaluate_split("test")
         record: dict[str, Any] = {"iteration": self.iteration, "eval": test}
         if self.data.validation is not None:
@@ -311,12 +311,13 @@ class Trainer:
         self._call("on_evaluation", record)
         log.info("iteration %d: %s", self.iteration, _format(test))
         if self.data.validation is None:
-            return
+            return test
         metric = self.config.train.best_metric
         score = record["validation"][metric]
         if self.best["score"] is None or score > self.best["score"]:
             self.best = {"score": score, "iteration": self.iteration, "metric": metric}
             self._save("best")
+        return test
 
     # ------------------------------------------------------------ training
 
@@ -382,9 +383,8 @@ class Trainer:
             self._load("last")
             log.info("resumed from iteration %d", self.iteration)
         self._call("on_start", self)
-        if not self.resume:
-            self.untrained = self.evaluate_split("test")
-            self._call("on_evaluation", {"iteration": 0, "eval": self.untrained})
+        if not self.resume:  # the start competes in the selection: training never ends below it
+            self.untrained = self._evaluate_and_select()
             log.info("untrained: %s", _format(self.untrained))
         label_map = torch.as_tensor(self.data.train_labels)
         loader = self._loader(self.iteration, config.iterations)
@@ -416,7 +416,8 @@ class Trainer:
             if evaluating or (config.checkpoint_every and self.iteration % config.checkpoint_every == 0):
                 self._save("last")
         if self.iteration == 0 or (config.iterations == 0 and not self.run.checkpoint_file("last").exists()):
-            self._evaluate_and_select()
+            if self.resume:  # a fresh run evaluated the start above
+                self._evaluate_and_select()
             self._save("last")
         return self.finish()
 
