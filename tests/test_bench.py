@@ -226,3 +226,18 @@ def test_pml_adapter_matches_pml_and_trains():
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
     with pytest.raises(ValueError, match="distance"):
         losses.get("pml:ContrastiveLoss", distance="manhattan")
+
+
+@pytest.mark.parametrize("name", ["omniglot_small_cnn", "omniglot_budget", "cub_subset_frozen"])
+def test_shipped_suites_build_their_pml_runs(name):
+    """PML writes float settings with integer defaults (alpha=2): ``alpha: 2.0`` in a suite is accepted."""
+    pytest.importorskip("pytorch_metric_learning")
+    from pathlib import Path
+
+    from deepmetric.suites import load_suite
+    from deepmetric.suites.pml import register_pml
+
+    register_pml()
+    suite = load_suite(Path(__file__).resolve().parents[1] / "benchmarks" / "suites" / f"{name}.yaml")
+    specs = expand_grid(suite, Path("unused"), implementation="pml")
+    assert specs and all(spec.implementation == "pml" for spec in specs)

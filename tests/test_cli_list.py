@@ -40,6 +40,7 @@ def test_lists_every_kind_from_its_registry(capsys):
     assert found["callbacks"] == CALLBACKS.names() and {"jsonl", "tensorboard", "mlflow"} <= set(
         found["callbacks"]
     )
+    assert found["suite-searches"] == ["grid", "optuna"]
 
 
 def test_one_kind(capsys):

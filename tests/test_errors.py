@@ -386,6 +386,19 @@ CASES = [
         index_folder(lambda d: (d / "vectors.npy").write_bytes(b"\x93NUMPY garbage")),
         "cannot read",
     ),
+    # ---- benchmark suites
+    Case(
+        "bench-search-space",
+        "bench",
+        ["bench", "suite.yaml", "--out", "bench_out"],
+        text(
+            "suite.yaml",
+            "base: {data: {name: digits, augment: none}, train: {iterations: 2}}\n"
+            "methods: {triplet: {}}\n"
+            "select: {search: optuna, trials: 2, space: {optimizer.lr: {lo: 1.0e-4, high: 1.0e-2}}}\n",
+        ),
+        "select.space.optimizer.lr.lo: unknown key",
+    ),
 ]
 
 

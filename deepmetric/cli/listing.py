@@ -24,6 +24,7 @@ KINDS = (
     "distances",
     "augmentations",
     "callbacks",
+    "suite-searches",
 )
 
 
@@ -34,6 +35,7 @@ def catalogue() -> dict[str, list[str]]:
     from deepmetric.distances import DISTANCES
     from deepmetric.evaluation import metrics
     from deepmetric.retrieval.sharded_index import index_kinds
+    from deepmetric.suites.search import SEARCHES
     from deepmetric.training.callbacks import CALLBACKS
     from deepmetric.training.optim import OPTIMIZERS, SCHEDULES
 
@@ -55,6 +57,7 @@ def catalogue() -> dict[str, list[str]]:
         "distances": sorted(DISTANCES),
         "augmentations": list(AUGMENTATIONS),
         "callbacks": CALLBACKS.names(),
+        "suite-searches": list(SEARCHES),  # a bench suite's select.search
     }
 
 

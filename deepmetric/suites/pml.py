@@ -70,8 +70,13 @@ class PMLMiner(torch.nn.Module):
 
 def _factory(pml_class: type, wrapper: type) -> Any:
     """A constructor with the PML class's own keyword parameters plus ``distance``."""
+    # PML writes float settings with integer defaults (pos_margin=0, alpha=2, beta=50): an unannotated
+    # integer default accepts a number, so that the config check lets ``alpha: 2.0`` through
     own = [
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        p.replace(
+            kind=inspect.Parameter.KEYWORD_ONLY,
+            annotation="int | float" if p.annotation is p.empty and type(p.default) is int else p.annotation,
+        )
         for p in inspect.signature(pml_class).parameters.values()
         if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]

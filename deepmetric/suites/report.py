@@ -236,6 +236,23 @@ def _plot_label(row: Row, vary: Sequence[str]) -> str:
     return row.label + (f" ({point})" if point else "")
 
 
+def candidates_table(selected: dict[str, dict[str, Any]]) -> str:
+    """Each method's candidates (grid points or Optuna trials, in the order tried) and their scores."""
+    lines = [
+        "| Method | search | # | candidate | validation score | best iteration |",
+        "|---|---|---:|---|---:|---|",
+    ]
+    for key, choice in selected.items():
+        for number, candidate in enumerate(choice.get("candidates", [])):
+            text = ", ".join(f"{k}={format_value(v)}" for k, v in candidate["overrides"].items())
+            iterations = " ".join(str(i) for i in candidate.get("best_iteration", []))
+            score = f"{choice['metric']} {100 * candidate['validation_score']:.1f}"
+            lines.append(
+                f"| {key} | {choice.get('search', 'grid')} | {number} | {text} | {score} | {iterations} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def write_results(
     suite: Suite,
     specs: Sequence[RunSpec],
@@ -270,6 +287,8 @@ def write_results(
             chosen = ", ".join(f"{k}={format_value(v)}" for k, v in choice["overrides"].items())
             lines.append(f"| {key} | {chosen} | {choice['metric']} {100 * choice['validation_score']:.1f} |")
         parts.append("\n".join(lines) + "\n")
+        parts.append("\n## Every candidate tried on the validation classes\n")
+        parts.append(candidates_table(selected))
     paths = {"markdown": out_dir / "results.md", "csv": out_dir / "results.csv"}
     paths["markdown"].write_text("\n".join(parts))
     paths["csv"].write_text(csv_table(rows, vary, metrics))

@@ -15,6 +15,9 @@ are chosen on classes held out of the *training* classes, never on the test clas
       methods:                     # extra per-method grids, combined with ``grid``
         contrastive: {loss.neg_margin: [0.3, 0.5]}
 
+or, instead of ``grid``, a TPE search with Optuna (``search: optuna``, ``trials``, ``space``: see
+:mod:`deepmetric.suites.search`), scored the same way.
+
 Every candidate is a normal run folder under ``OUT/_select/<method>/...``, trained with
 ``data.validation_classes`` set. The trainer evaluates the validation classes every ``eval_every``
 iterations and records the best validation score and its iteration in ``metrics.json`` (``best_score``,
@@ -34,10 +37,12 @@ import numpy as np
 import yaml
 
 from deepmetric.suites.runner import read_metrics, run_grid
+from deepmetric.suites.search import SEARCH_KEYS, check_search, optuna_search
 from deepmetric.suites.suite import RunSpec, Suite, build_config, merge, point_dirname
 from deepmetric.training.config import ConfigError
 
 SELECT_KEYS = {"validation_classes", "seeds", "metric", "eval_every", "iterations", "grid", "methods"}
+SELECT_KEYS |= SEARCH_KEYS
 
 
 def _grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -47,20 +52,21 @@ def _grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
-def selection_specs(
+def trained_methods(
     suite: Suite, out_dir: Path, only: list[str] | None = None
-) -> dict[str, list[tuple[dict, RunSpec]]]:
-    """Per method, its (candidate overrides, run spec) pairs."""
+) -> list[tuple[str, dict[str, Any], list[int], str]]:
+    """(method, overrides with the validation split, selection seeds, metric) of every method that trains."""
     select = suite.select or {}
     unknown = sorted(set(select) - SELECT_KEYS)
     if unknown:
         raise ConfigError(f"select.{unknown[0]}: unknown key; select has {sorted(SELECT_KEYS)}")
+    check_search(select)
     fraction = float(select.get("validation_classes", 0.25))
     seeds = select.get("seeds", suite.seeds[:1])
     per_method = select.get("methods") or {}
     for key in per_method:
         suite.method(key)  # names a real method
-    specs: dict[str, list[tuple[dict, RunSpec]]] = {}
+    found = []
     for method in suite.methods:
         if only and method.key not in only:
             continue
@@ -72,16 +78,28 @@ def selection_specs(
         probe = build_config(suite, overrides, {}, seeds[0], method.key, out_dir)
         if probe.train.iterations == 0:
             continue  # nothing is trained, nothing to select
-        grid = {**(select.get("grid") or {}), **(per_method.get(method.key) or {})}
+        found.append((method.key, overrides, seeds, probe.train.best_metric))
+    return found
+
+
+def selection_specs(
+    suite: Suite, out_dir: Path, only: list[str] | None = None
+) -> dict[str, list[tuple[dict, RunSpec]]]:
+    """Per method, its grid's (candidate overrides, run spec) pairs."""
+    select = suite.select or {}
+    per_method = select.get("methods") or {}
+    specs: dict[str, list[tuple[dict, RunSpec]]] = {}
+    for key, overrides, seeds, _ in trained_methods(suite, out_dir, only):
+        grid = {**(select.get("grid") or {}), **(per_method.get(key) or {})}
         for candidate in _grid_points(grid):
-            folder = out_dir / "_select" / method.key
+            folder = out_dir / "_select" / key
             folder = folder.joinpath(*(point_dirname(f, v) for f, v in candidate.items()))
             for seed in seeds:
                 config = build_config(
-                    suite, merge(overrides, candidate), {}, seed, f"{suite.name}-select-{method.key}", out_dir
+                    suite, merge(overrides, candidate), {}, seed, f"{suite.name}-select-{key}", out_dir
                 )
-                spec = RunSpec(method, dict(candidate), seed, config, folder / f"seed{seed}")
-                specs.setdefault(method.key, []).append((candidate, spec))
+                spec = RunSpec(suite.method(key), dict(candidate), seed, config, folder / f"seed{seed}")
+                specs.setdefault(key, []).append((candidate, spec))
     return specs
 
 
@@ -122,14 +140,17 @@ def run_selection(
     """
     out_dir = Path(out_dir)
     select = suite.select or {}
-    specs = selection_specs(suite, out_dir, only)
-    metric = select.get("metric")
     pick_iterations = bool(select.get("iterations", True))
-    run_grid([spec for pairs in specs.values() for _, spec in pairs], out_dir / "timings.jsonl", announce)
     selected = {}
-    for key, pairs in specs.items():
-        metric_name = metric or pairs[0][1].config.train.best_metric
-        selected[key] = choose(pairs, metric_name, pick_iterations)
+    if select.get("search", "grid") == "optuna":
+        for key, overrides, seeds, metric in trained_methods(suite, out_dir, only):
+            pairs = optuna_search(suite, key, overrides, seeds, metric, out_dir, announce)
+            selected[key] = {**choose(pairs, metric, pick_iterations), "search": "optuna"}
+    else:
+        specs = selection_specs(suite, out_dir, only)
+        run_grid([spec for pairs in specs.values() for _, spec in pairs], out_dir / "timings.jsonl", announce)
+        for key, pairs in specs.items():
+            selected[key] = choose(pairs, pairs[0][1].config.train.best_metric, pick_iterations)
     path = out_dir / "selected.yaml"
     previous = yaml.safe_load(path.read_text()) if path.is_file() else {}
     path.write_text(yaml.safe_dump({**(previous or {}), **selected}, sort_keys=False))
