@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from deepmetric.extras import available
 from deepmetric.suites import expand_grid, run_suite, suite_from_dict
 from deepmetric.suites.report import build_rows, csv_table, markdown_table
 from deepmetric.suites.runner import run_one
@@ -240,17 +241,9 @@ def test_shipped_suites_build_valid_runs(path):
 
     suite = load_suite(path)
     assert expand_grid(suite, Path("unused"))
-    if any(method.pml for method in suite.methods) and _has_pml():
+    if any(method.pml for method in suite.methods) and available("pytorch_metric_learning"):
         from deepmetric.suites.pml import register_pml
 
         register_pml()
         specs = expand_grid(suite, Path("unused"), implementation="pml")
         assert specs and all(spec.implementation == "pml" for spec in specs)
-
-
-def _has_pml() -> bool:
-    try:
-        import pytorch_metric_learning  # noqa: F401
-    except ImportError:
-        return False
-    return True
